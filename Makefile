@@ -1,0 +1,59 @@
+# The project's commands. Everything runs from the virtualenv that `make setup` creates.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+BUF := node_modules/.bin/buf
+PROTOS := $(wildcard protos/chatagent/v1/*.proto)
+GEN_STAMP := chatagent/v1/.generated
+
+.PHONY: setup proto run test lint bench chat clean
+
+setup: $(VENV)/.installed $(GEN_STAMP)
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Generated code lives in one place, chatagent/v1, imported as `chatagent.v1`. It is never
+# committed: it is made here from protos/, so it cannot go stale.
+proto: $(GEN_STAMP)
+
+$(GEN_STAMP): $(PROTOS) $(VENV)/.installed
+	rm -rf chatagent
+	mkdir -p chatagent/v1
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
+		--python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTOS)
+	touch chatagent/__init__.py chatagent/v1/__init__.py chatagent/py.typed
+	touch $@
+
+run: setup
+	$(PY) -m scripts.run_suite
+
+test: setup
+	$(PY) -m pytest
+
+$(BUF): package.json
+	npm install --no-audit --no-fund --silent
+	touch $@
+
+lint: setup $(BUF)
+	cd protos && ../$(BUF) lint
+	cd protos && ../$(BUF) format --diff --exit-code
+	@if git rev-parse --verify --quiet main:protos >/dev/null; then \
+		cd protos && ../$(BUF) breaking --against '../.git#branch=main,subdir=protos'; \
+	else echo "buf breaking: no protos on main yet, nothing to compare"; fi
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: setup
+	$(PY) -m bench
+
+chat: setup
+	$(PY) -m services.orchestrator.cli
+
+clean:
+	rm -rf $(VENV) chatagent node_modules .pytest_cache .mypy_cache .ruff_cache
