@@ -1,0 +1,87 @@
+"""Typed configuration from environment variables, read once at start.
+
+Every service declares a frozen settings class derived from `ServiceSettings`; `load()` reads the
+environment once and turns any bad or missing value into a `ConfigError` naming the variable,
+which `services.common.server.main` reports before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class ConfigError(Exception):
+    """A configuration variable is missing or malformed; the message names it."""
+
+
+class ServiceSettings(BaseSettings):
+    """What every service reads the same way. Field names are the variable names, upper-cased."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    # Overridden per service: the name used in logs, metrics and traces.
+    SERVICE_NAME: ClassVar[str] = "chatagent"
+
+    bind_address: str = Field(default="[::]", description="Address the gRPC server listens on.")
+    port: Port = 50050
+    # 0 turns the Prometheus endpoint off.
+    metrics_port: Port = 0
+    log_level: str = "INFO"
+    # Calls larger than this are refused with RESOURCE_EXHAUSTED before a handler sees them.
+    max_request_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # How long in-flight calls may run on after SIGTERM before they are cancelled.
+    shutdown_grace_seconds: Seconds = 10.0
+    otel_exporter_otlp_endpoint: str = ""
+    otel_service_name: str = ""
+    redis_url: str = ""
+    redis_timeout_seconds: Seconds = 0.5
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _otlp_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @property
+    def service_name(self) -> str:
+        return self.otel_service_name or self.SERVICE_NAME
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def load(settings_cls: type[SettingsT]) -> SettingsT:
+    """Read `settings_cls` from the environment once, naming every bad variable.
+
+    Values are not echoed: a variable may hold a secret.
+    """
+    try:
+        return settings_cls()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            variable = str(error["loc"][0]).upper() if error["loc"] else "?"
+            problems.append(f"{variable}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

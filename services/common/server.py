@@ -1,0 +1,168 @@
+"""The gRPC server every service runs: bootstrap, health, reflection, limits, graceful stop.
+
+A service's `main.py` calls `run(SettingsClass, setup)`. `setup` registers the servicer on the
+host and names what must be ready before the service reports SERVING; the host does the rest:
+
+* health v1 with one status per service name and "" for the process, NOT_SERVING until every
+  readiness check has passed (Kubernetes' gRPC probes read it);
+* server reflection, so grpcurl-style clients work without our stubs;
+* a request-size limit, tracing, metrics, request ids and access logs on every call;
+* SIGTERM or SIGINT: NOT_SERVING at once, in-flight calls get `SHUTDOWN_GRACE_SECONDS` to finish,
+  new calls are refused, then the closers run (Redis, HTTP clients, channels), spans are flushed
+  and the process exits with status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import ConfigError, ServiceSettings, load
+from services.common.interceptors import TelemetryInterceptor
+from services.common.logs import setup_logging
+from services.common.metrics import serve_metrics
+from services.common.tracing import server_interceptors, setup_tracing, shutdown_tracing
+
+logger = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+Closer = Callable[[], Awaitable[Any]]
+
+# Each closer gets this long; a hung connection must not keep a terminating pod alive.
+_CLOSE_TIMEOUT_SECONDS = 5.0
+_READINESS_RETRY_MAX_SECONDS = 5.0
+
+
+class ServiceHost:
+    """One `grpc.aio` server with the shared runtime around the servicers added to it."""
+
+    def __init__(self, settings: ServiceSettings, service_names: Sequence[str]) -> None:
+        self.settings = settings
+        self.service_names = tuple(service_names)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[*server_interceptors(), TelemetryInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_request_bytes),
+                # A second process on the same port must fail to start, not share it.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self._readiness: list[tuple[str, ReadinessCheck]] = []
+        self._closers: list[tuple[str, Closer]] = []
+        self._ready_task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    def add_readiness_check(self, name: str, check: ReadinessCheck) -> None:
+        """`check` must succeed once before the service reports SERVING; it is retried."""
+        self._readiness.append((name, check))
+
+    def add_closer(self, name: str, closer: Closer) -> None:
+        """`closer` runs at shutdown, after the server stopped, in reverse order of adding."""
+        self._closers.append((name, closer))
+
+    async def start(self) -> int:
+        """Bind, start serving with every status NOT_SERVING, and begin the readiness checks."""
+        address = f"{self.settings.bind_address}:{self.settings.port}"
+        self.port = self.server.add_insecure_port(address)
+        await self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        logger.info("listening", extra={"address": address, "port": self.port})
+        self._ready_task = asyncio.create_task(self._become_ready(), name="readiness")
+        return self.port
+
+    async def _set_status(self, status: Any) -> None:
+        for name in (*self.service_names, ""):
+            await self.health.set(name, status)
+
+    async def _become_ready(self) -> None:
+        for name, check in self._readiness:
+            delay = 0.1
+            while True:
+                try:
+                    await check()
+                    break
+                except Exception as exc:
+                    logger.warning(
+                        "dependency not ready; retrying",
+                        extra={"dependency": name, "error": repr(exc), "retry_in_s": delay},
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _READINESS_RETRY_MAX_SECONDS)
+        await self._set_status(health_pb2.HealthCheckResponse.SERVING)
+        logger.info("serving", extra={"services": list(self.service_names)})
+
+    async def wait_ready(self) -> None:
+        if self._ready_task is not None:
+            await self._ready_task
+
+    async def stop(self) -> None:
+        """Graceful stop: NOT_SERVING, drain within the grace period, then close dependencies."""
+        if self._ready_task is not None and not self._ready_task.done():
+            self._ready_task.cancel()
+        await self.health.enter_graceful_shutdown()
+        grace = self.settings.shutdown_grace_seconds
+        logger.info("stopping", extra={"grace_s": grace})
+        await self.server.stop(grace)
+        for name, closer in reversed(self._closers):
+            try:
+                await asyncio.wait_for(closer(), _CLOSE_TIMEOUT_SECONDS)
+            except Exception as exc:
+                logger.warning("close failed", extra={"dependency": name, "error": repr(exc)})
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+Setup = Callable[[ServiceHost, SettingsT], Awaitable[None]]
+
+
+async def _serve(
+    settings: SettingsT, service_names: Sequence[str], setup: Setup[SettingsT]
+) -> None:
+    host = ServiceHost(settings, service_names)
+    await setup(host, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await host.start()
+    await stop.wait()
+    await host.stop()
+
+
+def run(
+    settings_cls: type[SettingsT], service_names: Sequence[str], setup: Setup[SettingsT]
+) -> None:
+    """The whole life of a service process; exits 0 after a graceful stop, 2 on bad config."""
+    try:
+        settings = load(settings_cls)
+    except ConfigError as exc:
+        print(f"{settings_cls.SERVICE_NAME}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(settings.service_name, settings.log_level)
+    setup_tracing(settings.service_name, settings.otel_exporter_otlp_endpoint)
+    try:
+        serve_metrics(settings.metrics_port)
+        asyncio.run(_serve(settings, service_names, setup))
+    except OSError as exc:
+        logger.critical("cannot start", extra={"error": repr(exc)})
+        sys.exit(1)
+    except RuntimeError as exc:
+        # grpc raises RuntimeError when the port cannot be bound.
+        logger.critical("cannot start", extra={"error": str(exc)})
+        sys.exit(1)
+    finally:
+        shutdown_tracing()
+    logger.info("stopped")

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.support.redis_server import RedisNotAvailable, redis_server
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis with nothing in it: a fresh server per test, or REDIS_URL's database flushed."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        client.close()
+        yield url
+        return
+    try:
+        server = redis_server()
+        started = server.__enter__()
+    except RedisNotAvailable as exc:
+        pytest.fail(str(exc))
+    try:
+        yield started
+    finally:
+        server.__exit__(None, None, None)
