@@ -27,7 +27,9 @@ def discover() -> list[str]:
         for path in (ROOT / "services").glob("*/__main__.py")
         if path.parent.name != "common"
     ]
-    return sorted(found, key=lambda name: (ORDER.index(name) if name in ORDER else len(ORDER), name))
+    return sorted(
+        found, key=lambda name: (ORDER.index(name) if name in ORDER else len(ORDER), name)
+    )
 
 
 def service_env(name: str) -> dict[str, str]:

@@ -42,16 +42,17 @@ def test_sigterm_lets_the_slow_call_finish_refuses_new_ones_and_exits_zero() -> 
             wait_until(lambda: upstream.calls("/v1/forecast"))
 
             tools.terminate()
+            refusal: grpc.StatusCode | None = None
             refused_while_slow_call_ran = False
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
+            while refusal is None and time.monotonic() < deadline:
                 try:
                     stub.Calculate(tools_pb2.CalculateRequest(expression="1+1"), timeout=1)
                 except grpc.RpcError as exc:
-                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                    refusal = exc.code()
                     refused_while_slow_call_ran = not slow.done()
-                    break
                 time.sleep(0.02)
+            assert refusal == grpc.StatusCode.UNAVAILABLE
             assert refused_while_slow_call_ran
 
             assert slow.result().temperature_c == 12.3
@@ -81,9 +82,7 @@ def test_health_is_not_serving_until_redis_is_reachable(redis_url: str) -> None:
         ("WEATHER_TIMEOUT_SECONDS", "-1"),
     ],
 )
-def test_bad_configuration_stops_the_process_naming_the_variable(
-    variable: str, value: str
-) -> None:
+def test_bad_configuration_stops_the_process_naming_the_variable(variable: str, value: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "services.tools"],
         cwd=ROOT,
@@ -136,7 +135,7 @@ def test_metrics_count_calls_by_method_and_code_and_logs_keep_user_text_out() ->
             f'grpc_server_handled_total{{grpc_code="NOT_FOUND",grpc_method="GetTime",'
             f'grpc_service="{SERVICE}",grpc_type="unary"}} 1.0'
         ) in text
-        assert f'grpc_server_handling_seconds_count{{{labels}}} 4.0' in text
+        assert f"grpc_server_handling_seconds_count{{{labels}}} 4.0" in text
 
         wait_until(lambda: "req-abc-123" in tools.logs())
         records = tools.log_records()
@@ -169,7 +168,8 @@ def test_spans_reach_the_otlp_receiver_and_the_trace_continues_upstream() -> Non
             spans = receiver.wait_for(
                 lambda s: s.trace_id == trace_id and s.name == f"/{SERVICE}/GetWeather"
             )
-            assert spans and spans[0].service == "tools"
+            assert spans
+            assert spans[0].service == "tools"
             assert spans[0].parent_span_id == "00f067aa0ba902b7"
             sent = upstream.calls("/v1/forecast")[0].headers
             assert sent["traceparent"].split("-")[1] == trace_id
@@ -187,9 +187,7 @@ def test_weather_cache_in_redis_survives_a_restart(redis_url: str) -> None:
             with ServiceProcess("tools", env) as tools:
                 tools.start(wait_for=SERVICE)
                 assert tools.channel is not None
-                reply = tools_pb2_grpc.ToolServiceStub(tools.channel).GetWeather(
-                    request, timeout=5
-                )
+                reply = tools_pb2_grpc.ToolServiceStub(tools.channel).GetWeather(request, timeout=5)
                 assert reply.from_cache is expected_cached
                 assert reply.description == "약한 비"
         assert len(upstream.calls("/v1/forecast")) == 1

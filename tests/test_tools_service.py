@@ -110,9 +110,7 @@ def test_get_time_refuses_unknown_places_and_zones_by_name(
     code, details = code_of(lambda: stub.GetTime(tools_pb2.GetTimeRequest(place="Qwxzville")))
     assert code == grpc.StatusCode.NOT_FOUND
     assert "Qwxzville" in details
-    code, details = code_of(
-        lambda: stub.GetTime(tools_pb2.GetTimeRequest(timezone="Mars/Olympus"))
-    )
+    code, details = code_of(lambda: stub.GetTime(tools_pb2.GetTimeRequest(timezone="Mars/Olympus")))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "Mars/Olympus" in details
     code, _ = code_of(lambda: stub.GetTime(tools_pb2.GetTimeRequest(place="x" * 500)))
@@ -131,15 +129,18 @@ def test_fortune_is_stable_for_a_user_and_speaks_the_language(
     ja, again, ko = draw("ja"), draw("ja"), draw("ko")
     assert ja == again
     assert ja.level != tools_pb2.FORTUNE_LEVEL_UNSPECIFIED
-    assert ko.level == ja.level and ko.label != ja.label
+    assert ko.level == ja.level
+    assert ko.label != ja.label
     assert re.search(r"[\uac00-\ud7a3]", ko.message)
     assert re.fullmatch(r"\d{4}-\d\d-\d\d", ja.date)
     code, details = code_of(lambda: stub.GetFortune(tools_pb2.GetFortuneRequest(user_id="")))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "user_id" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "user_id" in details
     code, details = code_of(
         lambda: stub.GetFortune(tools_pb2.GetFortuneRequest(user_id="u", timezone="Nowhere/X"))
     )
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Nowhere/X" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Nowhere/X" in details
 
 
 def test_calculate_answers_and_refuses_hostile_input_quickly(
@@ -156,7 +157,8 @@ def test_calculate_answers_and_refuses_hostile_input_quickly(
         assert details
         assert time.perf_counter() - started < 1.0
     code, details = code_of(lambda: stub.Calculate(tools_pb2.CalculateRequest(expression="1/0")))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "zero" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "zero" in details
 
 
 def test_invalid_utf8_is_refused_as_invalid_argument(tools: ServiceProcess) -> None:
@@ -176,13 +178,15 @@ def test_weather_answers_from_the_upstream_then_from_the_cache(
     stub: tools_pb2_grpc.ToolServiceStub, upstream: FakeOpenMeteo
 ) -> None:
     first = stub.GetWeather(tools_pb2.GetWeatherRequest(place="大阪", language="ja"), timeout=5)
-    assert first.place == "Osaka" and first.timezone == "Asia/Tokyo"
+    assert first.place == "Osaka"
+    assert first.timezone == "Asia/Tokyo"
     assert (first.temperature_c, first.weather_code, first.description) == (12.3, 61, "小雨")
     assert (first.today_max_c, first.today_min_c) == (15.2, 8.4)
     assert first.observed_at == "2026-11-26T09:30:00+09:00"
     assert not first.from_cache
     second = stub.GetWeather(tools_pb2.GetWeatherRequest(place="Osaka", language="en"), timeout=5)
-    assert second.from_cache and second.description == "slight rain"
+    assert second.from_cache
+    assert second.description == "slight rain"
     assert len(upstream.calls("/v1/forecast")) == 1
     assert upstream.calls("/v1/search") == []  # the gazetteer knew Osaka
 
@@ -197,7 +201,8 @@ def test_weather_geocodes_places_the_gazetteer_lacks(
     code, details = code_of(
         lambda: stub.GetWeather(tools_pb2.GetWeatherRequest(place="Nowhere Town"), timeout=5)
     )
-    assert code == grpc.StatusCode.NOT_FOUND and "Nowhere Town" in details
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "Nowhere Town" in details
 
 
 def test_weather_upstream_error_is_unavailable(
@@ -228,8 +233,7 @@ def test_weather_upstream_hang_without_a_deadline_is_bounded_by_config(
 ) -> None:
     upstream.delay_seconds = 30
     started = time.monotonic()
-    code, details = code_of(
-        lambda: stub.GetWeather(tools_pb2.GetWeatherRequest(place="Nagoya"))
-    )
-    assert code == grpc.StatusCode.UNAVAILABLE and "did not answer" in details
+    code, details = code_of(lambda: stub.GetWeather(tools_pb2.GetWeatherRequest(place="Nagoya")))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert "did not answer" in details
     assert time.monotonic() - started < 2.0 + 1.5  # WEATHER_TIMEOUT_SECONDS=2

@@ -27,7 +27,7 @@ REQUEST_ID_HEADER = "x-request-id"
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
-def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+def _rpc_type(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
     if handler.request_streaming and handler.response_streaming:
         return "bidi_stream"
     if handler.request_streaming:
@@ -79,7 +79,9 @@ class _CallRecord:
         self._start = time.perf_counter()
         metrics.RPC_STARTED.labels(*self._labels).inc()
 
-    def finish(self, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> None:
+    def finish(
+        self, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
+    ) -> None:
         elapsed = time.perf_counter() - self._start
         code = _status_code(context, error)
         metrics.RPC_HANDLED.labels(*self._labels, code).inc()
@@ -133,9 +135,11 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -149,7 +153,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         )
 
         if handler.response_streaming:
-            inner_stream = handler.unary_stream or handler.stream_stream
+            inner_stream: Any = handler.unary_stream or handler.stream_stream
             if not inspect.isasyncgenfunction(inner_stream):
                 return handler  # a context.write() handler; none of ours are
 
@@ -177,7 +181,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
 
-        inner_unary = handler.unary_unary or handler.stream_unary
+        inner_unary: Any = handler.unary_unary or handler.stream_unary
 
         async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             request_id_var.set(_incoming_request_id(metadata))

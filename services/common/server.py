@@ -34,7 +34,7 @@ from services.common.tracing import server_interceptors, setup_tracing, shutdown
 
 logger = logging.getLogger(__name__)
 
-ReadinessCheck = Callable[[], Awaitable[None]]
+ReadinessCheck = Callable[[], Awaitable[object]]
 Closer = Callable[[], Awaitable[Any]]
 
 # Each closer gets this long; a hung connection must not keep a terminating pod alive.

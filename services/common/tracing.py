@@ -25,7 +25,7 @@ _provider: TracerProvider | None = None
 
 def setup_tracing(service_name: str, otlp_endpoint: str) -> TracerProvider:
     """Install the process's tracer provider (once) and return it."""
-    global _provider  # noqa: PLW0603 - one provider per process, as the OpenTelemetry API wants
+    global _provider
     if _provider is not None:
         return _provider
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
@@ -50,12 +50,18 @@ def shutdown_tracing(timeout_seconds: float = 5.0) -> None:
 
 
 def server_interceptors() -> Sequence[grpc.aio.ServerInterceptor]:
-    return [aio_server_interceptor(tracer_provider=_provider, filter_=negate(health_check()))]
+    interceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+        tracer_provider=_provider, filter_=negate(health_check())
+    )
+    return [interceptor]
 
 
 def client_interceptors() -> Sequence[grpc.aio.ClientInterceptor]:
     """Interceptors that trace outbound calls and carry the W3C trace context to the callee."""
-    return list(aio_client_interceptors(tracer_provider=_provider, filter_=negate(health_check())))
+    interceptors = aio_client_interceptors(  # type: ignore[no-untyped-call]
+        tracer_provider=_provider, filter_=negate(health_check())
+    )
+    return list(interceptors)
 
 
 def current_trace_id() -> str:

@@ -201,9 +201,7 @@ class WeatherClient:
                 f"the weather service is unreachable ({type(exc).__name__})"
             ) from exc
         if response.status_code != httpx.codes.OK:
-            raise WeatherUnavailable(
-                f"the weather service answered HTTP {response.status_code}"
-            )
+            raise WeatherUnavailable(f"the weather service answered HTTP {response.status_code}")
         try:
             return response.json()
         except ValueError as exc:

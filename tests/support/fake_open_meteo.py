@@ -82,7 +82,7 @@ def fake_open_meteo() -> Iterator[FakeOpenMeteo]:
     state = FakeOpenMeteo()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             url = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             state.requests.append(Request(url.path, query, dict(self.headers.items())))
@@ -102,7 +102,7 @@ def fake_open_meteo() -> Iterator[FakeOpenMeteo]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

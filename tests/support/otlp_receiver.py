@@ -47,7 +47,7 @@ def otlp_receiver(port: int) -> Iterator[OtlpReceiver]:
     state = OtlpReceiver(endpoint=f"http://127.0.0.1:{port}")
 
     class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-        def Export(  # noqa: N802 - the OTLP service's naming
+        def Export(
             self,
             request: trace_service_pb2.ExportTraceServiceRequest,
             context: grpc.ServicerContext,
@@ -55,8 +55,11 @@ def otlp_receiver(port: int) -> Iterator[OtlpReceiver]:
             received = []
             for resource_spans in request.resource_spans:
                 service = next(
-                    (a.value.string_value for a in resource_spans.resource.attributes
-                     if a.key == "service.name"),
+                    (
+                        a.value.string_value
+                        for a in resource_spans.resource.attributes
+                        if a.key == "service.name"
+                    ),
                     "",
                 )
                 for scope_spans in resource_spans.scope_spans:
