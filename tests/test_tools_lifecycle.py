@@ -80,6 +80,7 @@ def test_health_is_not_serving_until_redis_is_reachable(redis_url: str) -> None:
         ("REDIS_URL", "http://example.invalid"),
         ("OPEN_METEO_FORECAST_URL", "ftp://x"),
         ("WEATHER_TIMEOUT_SECONDS", "-1"),
+        ("DEFAULT_TIMEZONE", "Mars/Olympus"),
     ],
 )
 def test_bad_configuration_stops_the_process_naming_the_variable(variable: str, value: str) -> None:

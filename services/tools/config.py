@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from services.common.config import Port, Seconds, ServiceSettings
 from services.common.language import Language
+from services.tools.timeinfo import UnknownTimezone, resolve_zone
 
 
 class ToolSettings(ServiceSettings):
@@ -25,6 +26,14 @@ class ToolSettings(ServiceSettings):
     weather_cache_ttl_seconds: Seconds = 600.0
     weather_cache_max_entries: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
     gazetteer_min_population: Annotated[int, Field(ge=0)] = 15000
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            return resolve_zone(value).key
+        except UnknownTimezone as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("open_meteo_geocoding_url", "open_meteo_forecast_url")
     @classmethod
