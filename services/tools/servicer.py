@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import grpc
 import grpc.aio
@@ -14,24 +17,44 @@ import grpc.aio
 from chatagent.v1 import tools_pb2, tools_pb2_grpc
 from services.common.channels import DeadlineExhausted, call_timeout
 from services.common.language import base_language
-from services.tools.calculator import CalculationError, calculate
+from services.tools.calculator import calculate
 from services.tools.config import ToolSettings
 from services.tools.fortune import draw_fortune
 from services.tools.gazetteer import Gazetteer
-from services.tools.timeinfo import UnknownPlace, UnknownTimezone, get_time, resolve_zone
+from services.tools.timeinfo import UnknownPlace, get_time, resolve_zone
 from services.tools.weather import PlaceNotFound, WeatherClient, WeatherUnavailable
 
 logger = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-MAX_USER_ID_CHARS = 128
-MAX_PLACE_CHARS = 200
+MAX_USER_ID_CHARS: Final = 128
+MAX_PLACE_CHARS: Final = 200
+
+# The tool modules' errors and what a caller is told; the message is the error's own. Every
+# argument error (CalculationError, UnknownTimezone, bad lengths) is a ValueError.
+_STATUS_FOR: Final[tuple[tuple[type[Exception], grpc.StatusCode], ...]] = (
+    (UnknownPlace, grpc.StatusCode.NOT_FOUND),
+    (PlaceNotFound, grpc.StatusCode.NOT_FOUND),
+    (WeatherUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExhausted, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+)
 
 
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+@asynccontextmanager
+async def _statuses(context: Context) -> AsyncIterator[None]:
+    """Turn the tool modules' documented errors into the matching gRPC status."""
+    try:
+        yield
+    except tuple(error for error, _ in _STATUS_FOR) as exc:
+        code = next(code for error, code in _STATUS_FOR if isinstance(exc, error))
+        await _abort(context, code, str(exc))
 
 
 class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
@@ -63,7 +86,7 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
                 f"place is longer than {MAX_PLACE_CHARS} characters",
             )
         gazetteer = await self._places(context)
-        try:
+        async with _statuses(context):
             found = get_time(
                 gazetteer,
                 place=request.place,
@@ -71,56 +94,17 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
                 default_timezone=self._settings.default_timezone,
                 now=datetime.now(UTC),
             )
-        except UnknownPlace as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        except UnknownTimezone as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return tools_pb2.GetTimeResponse(
-            local_time=found.local_time,
-            timezone=found.timezone,
-            utc_offset=found.utc_offset,
-            utc_offset_seconds=found.utc_offset_seconds,
-            abbreviation=found.abbreviation,
-            is_dst=found.is_dst,
-            weekday=found.weekday,
-            place=found.place,
-            country_code=found.country_code,
-        )
+        return tools_pb2.GetTimeResponse(**asdict(found))
 
     async def GetWeather(
         self, request: tools_pb2.GetWeatherRequest, context: Context
     ) -> tools_pb2.GetWeatherResponse:
         gazetteer = await self._places(context)
         language = base_language(request.language, self._settings.default_language)
-        try:
+        async with _statuses(context):
             timeout = call_timeout(context, self._settings.weather_timeout_seconds)
             found = await self._weather.weather(gazetteer, request.place, language, timeout)
-        except ValueError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except PlaceNotFound as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        except WeatherUnavailable as exc:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
-        except DeadlineExhausted as exc:
-            await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-        return tools_pb2.GetWeatherResponse(
-            place=found.place,
-            country_code=found.country_code,
-            latitude=found.latitude,
-            longitude=found.longitude,
-            timezone=found.timezone,
-            temperature_c=found.temperature_c,
-            apparent_temperature_c=found.apparent_temperature_c,
-            relative_humidity_percent=found.relative_humidity_percent,
-            wind_speed_kmh=found.wind_speed_kmh,
-            weather_code=found.weather_code,
-            description=found.description,
-            today_max_c=found.today_max_c,
-            today_min_c=found.today_min_c,
-            precipitation_probability_percent=found.precipitation_probability_percent,
-            observed_at=found.observed_at,
-            from_cache=found.from_cache,
-        )
+        return tools_pb2.GetWeatherResponse(**asdict(found))
 
     async def GetFortune(
         self, request: tools_pb2.GetFortuneRequest, context: Context
@@ -132,30 +116,18 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"user_id must be 1 to {MAX_USER_ID_CHARS} characters",
             )
-        try:
+        async with _statuses(context):
             zone = resolve_zone(request.timezone or self._settings.default_timezone)
-        except UnknownTimezone as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         fortune = draw_fortune(
             user_id=user_id,
             local_date=datetime.now(zone).date(),
             language=base_language(request.language, self._settings.default_language),
         )
-        return tools_pb2.GetFortuneResponse(
-            level=tools_pb2.FortuneLevel.ValueType(int(fortune.level)),
-            label=fortune.label,
-            message=fortune.message,
-            lucky_item=fortune.lucky_item,
-            date=fortune.date,
-        )
+        return tools_pb2.GetFortuneResponse(**asdict(fortune))
 
     async def Calculate(
         self, request: tools_pb2.CalculateRequest, context: Context
     ) -> tools_pb2.CalculateResponse:
-        try:
+        async with _statuses(context):
             result = calculate(request.expression)
-        except CalculationError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return tools_pb2.CalculateResponse(
-            result=result.result, value=result.value, is_integer=result.is_integer
-        )
+        return tools_pb2.CalculateResponse(**asdict(result))
