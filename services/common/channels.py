@@ -8,7 +8,7 @@ in Python, so callers derive each call's timeout from their own caller's remaini
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -50,14 +50,53 @@ def retry_service_config(
     return json.dumps(config)
 
 
+class DefaultDeadline(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+):
+    """Gives a call made without `timeout=` a deadline anyway: nothing waits forever."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+
+    def _bounded(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        if details.timeout is not None:
+            return details
+        return grpc.aio.ClientCallDetails(
+            details.method,
+            self._seconds,
+            details.metadata,
+            details.credentials,
+            details.wait_for_ready,
+        )
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(self._bounded(client_call_details), request)
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(self._bounded(client_call_details), request)
+
+
 def open_channel(
     target: str,
     service_names: Sequence[str],
     *,
     max_message_bytes: int = 8 * 1024 * 1024,
     max_attempts: int = 3,
+    default_timeout_seconds: float = 10.0,
 ) -> grpc.aio.Channel:
-    """The one channel to a dependency, traced, with retries on UNAVAILABLE."""
+    """The one channel to a dependency: traced, retried on UNAVAILABLE, and with a deadline on
+    every call (`default_timeout_seconds` when the caller gave none)."""
     options: list[tuple[str, Any]] = [
         ("grpc.enable_retries", 1),
         ("grpc.service_config", retry_service_config(service_names, max_attempts=max_attempts)),
@@ -66,7 +105,8 @@ def open_channel(
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 5_000),
     ]
-    return grpc.aio.insecure_channel(target, options=options, interceptors=client_interceptors())
+    interceptors = [DefaultDeadline(default_timeout_seconds), *client_interceptors()]
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
 def call_timeout(
