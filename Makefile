@@ -18,14 +18,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Generated code lives in one place, chatagent/v1, imported as `chatagent.v1`. It is never
-# committed: it is made here from protos/, so it cannot go stale.
+# committed: it is made here from protos/, so it cannot go stale. descriptors.binpb keeps the
+# proto comments, which become the LLM's tool descriptions.
 proto: $(GEN_STAMP)
 
 $(GEN_STAMP): $(PROTOS) $(VENV)/.installed
 	rm -rf chatagent
 	mkdir -p chatagent/v1
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
-		--python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTOS)
+		--python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. \
+		--include_source_info --descriptor_set_out=chatagent/v1/descriptors.binpb $(PROTOS)
 	touch chatagent/__init__.py chatagent/v1/__init__.py chatagent/py.typed
 	touch $@
 

@@ -7,10 +7,12 @@ which `services.common.server.main` reports before exiting with status 2.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, TypeVar
+import os
+import re
+from typing import Annotated, ClassVar, Self, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
@@ -41,6 +43,26 @@ class ServiceSettings(BaseSettings):
     otel_service_name: str = ""
     redis_url: str = ""
     redis_timeout_seconds: Seconds = 0.5
+    # TLS for the server: certificate chain and key (PEM); with a client CA, clients must present
+    # a certificate it signed (mTLS).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+
+    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+    @classmethod
+    def _readable_file(cls, value: str) -> str:
+        if value and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Self:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -82,6 +104,12 @@ def load(settings_cls: type[SettingsT]) -> SettingsT:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            variable = str(error["loc"][0]).upper() if error["loc"] else "?"
-            problems.append(f"{variable}: {error['msg']}")
+            # Errors about several variables together name them in their message.
+            where = f"{str(error['loc'][0]).upper()}: " if error["loc"] else ""
+            problems.append(where + error["msg"])
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    except SettingsError as exc:
+        # A complex value (a JSON object) that does not parse; pydantic names the field.
+        field = re.search(r'field "?(\w+)', str(exc))
+        variable = field.group(1).upper() if field else "?"
+        raise ConfigError(f"invalid configuration: {variable}: not valid JSON") from None

@@ -42,15 +42,37 @@ _CLOSE_TIMEOUT_SECONDS = 5.0
 _READINESS_RETRY_MAX_SECONDS = 5.0
 
 
+def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from TLS_CERT_FILE / TLS_KEY_FILE (and TLS_CLIENT_CA_FILE for mTLS)."""
+    if not settings.tls_cert_file:
+        return None
+    with open(settings.tls_cert_file, "rb") as cert, open(settings.tls_key_file, "rb") as key:
+        pair = (key.read(), cert.read())
+    client_ca = None
+    if settings.tls_client_ca_file:
+        with open(settings.tls_client_ca_file, "rb") as ca:
+            client_ca = ca.read()
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 class ServiceHost:
     """One `grpc.aio` server with the shared runtime around the servicers added to it."""
 
-    def __init__(self, settings: ServiceSettings, service_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        service_names: Sequence[str],
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        """`interceptors` run inside the shared ones (tracing, then metrics and logs), so what
+        they refuse (authentication, say) is still traced, counted and logged."""
         self.settings = settings
         self.service_names = tuple(service_names)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[*server_interceptors(), TelemetryInterceptor()],
+            interceptors=[*server_interceptors(), TelemetryInterceptor(), *interceptors],
             options=[
                 ("grpc.max_receive_message_length", settings.max_request_bytes),
                 # A second process on the same port must fail to start, not share it.
@@ -77,10 +99,22 @@ class ServiceHost:
     async def start(self) -> int:
         """Bind, start serving with every status NOT_SERVING, and begin the readiness checks."""
         address = f"{self.settings.bind_address}:{self.settings.port}"
-        self.port = self.server.add_insecure_port(address)
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         await self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        logger.info("listening", extra={"address": address, "port": self.port})
+        logger.info(
+            "listening",
+            extra={
+                "address": address,
+                "port": self.port,
+                "tls": credentials is not None,
+                "client_certificates": bool(self.settings.tls_client_ca_file),
+            },
+        )
         self._ready_task = asyncio.create_task(self._become_ready(), name="readiness")
         return self.port
 
@@ -129,9 +163,12 @@ Setup = Callable[[ServiceHost, SettingsT], Awaitable[None]]
 
 
 async def _serve(
-    settings: SettingsT, service_names: Sequence[str], setup: Setup[SettingsT]
+    settings: SettingsT,
+    service_names: Sequence[str],
+    setup: Setup[SettingsT],
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
 ) -> None:
-    host = ServiceHost(settings, service_names)
+    host = ServiceHost(settings, service_names, interceptors)
     await setup(host, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -143,7 +180,10 @@ async def _serve(
 
 
 def run(
-    settings_cls: type[SettingsT], service_names: Sequence[str], setup: Setup[SettingsT]
+    settings_cls: type[SettingsT],
+    service_names: Sequence[str],
+    setup: Setup[SettingsT],
+    interceptors: Callable[[SettingsT], Sequence[grpc.aio.ServerInterceptor]] = lambda _: (),
 ) -> None:
     """The whole life of a service process; exits 0 after a graceful stop, 2 on bad config."""
     try:
@@ -155,7 +195,7 @@ def run(
     setup_tracing(settings.service_name, settings.otel_exporter_otlp_endpoint)
     try:
         serve_metrics(settings.metrics_port)
-        asyncio.run(_serve(settings, service_names, setup))
+        asyncio.run(_serve(settings, service_names, setup, interceptors(settings)))
     except OSError as exc:
         logger.critical("cannot start", extra={"error": repr(exc)})
         sys.exit(1)

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from services.common.config import Port, Seconds, ServiceSettings
 from services.common.language import Language
-from services.tools.timeinfo import UnknownTimezone, resolve_zone
+from services.common.timezones import UnknownTimezone, resolve_zone
 
 
 class ToolSettings(ServiceSettings):

@@ -17,11 +17,12 @@ import grpc.aio
 from chatagent.v1 import tools_pb2, tools_pb2_grpc
 from services.common.channels import DeadlineExhausted, call_timeout
 from services.common.language import base_language
+from services.common.timezones import resolve_zone
 from services.tools.calculator import calculate
 from services.tools.config import ToolSettings
 from services.tools.fortune import draw_fortune
 from services.tools.gazetteer import Gazetteer
-from services.tools.timeinfo import UnknownPlace, get_time, resolve_zone
+from services.tools.timeinfo import UnknownPlace, get_time
 from services.tools.weather import PlaceNotFound, WeatherClient, WeatherUnavailable
 
 logger = logging.getLogger(__name__)

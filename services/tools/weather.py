@@ -18,6 +18,7 @@ import httpx
 
 from services.common.cache import Cache
 from services.common.language import Language
+from services.common.timezones import format_offset
 from services.tools.gazetteer import Gazetteer, Place
 
 logger = logging.getLogger(__name__)
@@ -98,12 +99,6 @@ _LANGUAGE_INDEX: Final[dict[Language, int]] = {"ja": 0, "en": 1, "ko": 2}
 
 def describe(code: int, language: Language) -> str:
     return _WMO.get(code, _UNKNOWN_WEATHER)[_LANGUAGE_INDEX[language]]
-
-
-def _format_offset(seconds: int) -> str:
-    sign = "+" if seconds >= 0 else "-"
-    hours, minutes = divmod(abs(seconds) // 60, 60)
-    return f"{sign}{hours:02d}:{minutes:02d}"
 
 
 class WeatherClient:
@@ -231,7 +226,7 @@ class WeatherClient:
                 precipitation_probability_percent=float(
                     daily["precipitation_probability_max"][0] or 0
                 ),
-                observed_at=f"{current['time']}:00{_format_offset(offset)}",
+                observed_at=f"{current['time']}:00{format_offset(offset)}",
                 from_cache=from_cache,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
