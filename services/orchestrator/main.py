@@ -1,0 +1,134 @@
+"""Starts the ChatService: `python -m services.orchestrator`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import grpc.aio
+import pybreaker
+
+from chatagent.v1 import chat_pb2, chat_pb2_grpc, emotion_pb2, speech_pb2, tools_pb2
+from services.common import redisconn, server
+from services.common.auth import BearerTokenInterceptor
+from services.common.breakers import make_breaker
+from services.common.channels import open_channel
+from services.common.language import warm_up
+from services.orchestrator.agent import Agent, AgentParts
+from services.orchestrator.clients import EmotionClient, SpeechClient, ToolRunner, is_caller_error
+from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.limits import MemoryRateLimiter, Rate, RedisRateLimiter
+from services.orchestrator.llm import Llm, OpenAIChat
+from services.orchestrator.servicer import ChatServicer
+from services.orchestrator.sessions import MemorySessionStore, RedisSessionStore
+from services.orchestrator.usage import MemoryUsageLedger, RedisUsageLedger
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+
+
+def _service(module: object, name: str) -> str:
+    return str(module.DESCRIPTOR.services_by_name[name].full_name)  # type: ignore[attr-defined]
+
+
+async def setup(host: server.ServiceHost, settings: OrchestratorSettings) -> None:
+    user_rate = Rate(per_second=settings.user_rate_per_minute / 60, burst=settings.user_burst)
+    global_rate = Rate(per_second=settings.global_rate_per_second, burst=settings.global_burst)
+    if settings.redis_url:
+        client = redisconn.connect(settings.redis_url, settings.redis_timeout_seconds)
+        host.add_readiness_check("redis", client.ping)
+        host.add_closer("redis", client.aclose)
+        sessions: MemorySessionStore | RedisSessionStore = RedisSessionStore(
+            client,
+            max_turns=settings.history_max_turns,
+            max_bytes=settings.history_max_bytes,
+            ttl_seconds=settings.session_ttl_seconds,
+        )
+        limiter: MemoryRateLimiter | RedisRateLimiter = RedisRateLimiter(
+            client, user=user_rate, global_=global_rate
+        )
+        ledger: MemoryUsageLedger | RedisUsageLedger = RedisUsageLedger(client)
+    else:
+        sessions = MemorySessionStore(
+            max_users=settings.max_sessions,
+            max_turns=settings.history_max_turns,
+            max_bytes=settings.history_max_bytes,
+            ttl_seconds=settings.session_ttl_seconds,
+        )
+        limiter = MemoryRateLimiter(user=user_rate, global_=global_rate)
+        ledger = MemoryUsageLedger()
+
+    def breaker(name: str) -> pybreaker.CircuitBreaker:
+        return make_breaker(
+            name,
+            fail_max=settings.breaker_fail_max,
+            reset_seconds=settings.breaker_reset_seconds,
+            redis_url=settings.redis_url,
+            exclude=[is_caller_error],
+        )
+
+    breakers = await asyncio.to_thread(
+        lambda: {name: breaker(name) for name in ("tools", "emotion", "speech", "llm")}
+    )
+    channels = {
+        "tools": open_channel(settings.tools_addr, [_service(tools_pb2, "ToolService")]),
+        "emotion": open_channel(settings.emotion_addr, [_service(emotion_pb2, "EmotionService")]),
+        "speech": open_channel(settings.speech_addr, [_service(speech_pb2, "SpeechService")]),
+    }
+    for name, channel in channels.items():
+        host.add_closer(f"{name} channel", channel.close)
+
+    llm: Llm | None = None
+    if settings.uses_openai:
+        openai_chat = OpenAIChat(
+            api_key=settings.openai_api_key.get_secret_value() or "unused",
+            base_url=settings.openai_base_url or None,
+            model=settings.llm_model,
+            max_retries=settings.llm_max_retries,
+        )
+        host.add_closer("llm", openai_chat.aclose)
+        llm = openai_chat
+        logger.info("LLM: OpenAI-compatible endpoint", extra={"model": settings.llm_model})
+    else:
+        logger.info("LLM: the local planner (no OPENAI_API_KEY or OPENAI_BASE_URL)")
+
+    parts = AgentParts(
+        sessions=sessions,
+        limiter=limiter,
+        ledger=ledger,
+        tools=ToolRunner(
+            channels["tools"], breakers["tools"], timeout_seconds=settings.tool_timeout_seconds
+        ),
+        emotion=EmotionClient(
+            channels["emotion"],
+            breakers["emotion"],
+            timeout_seconds=settings.emotion_timeout_seconds,
+        ),
+        speech=SpeechClient(
+            channels["speech"], breakers["speech"], timeout_seconds=settings.speech_timeout_seconds
+        ),
+        llm=llm,
+        llm_breaker=breakers["llm"],
+    )
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(
+        ChatServicer(Agent(settings, parts), settings), host.server
+    )
+    # The language model loads in about half a second; not on the event loop, and not per turn.
+    host.add_readiness_check("language model", lambda: asyncio.to_thread(warm_up))
+
+
+def interceptors(settings: OrchestratorSettings) -> Sequence[grpc.aio.ServerInterceptor]:
+    tokens = settings.api_tokens
+    if not tokens:
+        logger.warning(
+            "AUTHENTICATION IS OFF: CHAT_API_TOKENS is empty, so any caller may chat; "
+            "set it to a comma-separated list of bearer tokens"
+        )
+        return []
+    return [BearerTokenInterceptor(tokens)]
+
+
+def main() -> None:
+    server.run(OrchestratorSettings, [SERVICE_NAME], setup, interceptors)

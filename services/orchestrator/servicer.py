@@ -1,0 +1,221 @@
+"""ChatService over gRPC: requests to plain turns, results to protobuf, errors to status codes.
+The turn itself lives in services.orchestrator.agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Final, NoReturn
+
+import grpc
+import grpc.aio
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from chatagent.v1 import chat_pb2, chat_pb2_grpc, types_pb2
+from services.orchestrator.agent import (
+    Agent,
+    AudioPiece,
+    RateLimited,
+    TextDelta,
+    ToolFinished,
+    ToolStarted,
+    TurnEvent,
+    TurnRequest,
+    TurnResult,
+    TurnTimeout,
+)
+from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.model import ToolOutcome, UsageTotals
+from services.orchestrator.validation import InvalidArgument, check_user_id
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Kept back from the caller's deadline so the answer, or the refusal, reaches it in time.
+_ANSWER_MARGIN_SECONDS: Final = 0.05
+
+
+async def _abort(
+    context: Context, code: grpc.StatusCode, message: str, trailing: tuple[Any, ...] = ()
+) -> NoReturn:
+    await context.abort(code, message, trailing_metadata=trailing)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
+    def __init__(self, agent: Agent, settings: OrchestratorSettings) -> None:
+        self._agent = agent
+        self._settings = settings
+
+    def _deadline(self, context: Context) -> float:
+        remaining = context.time_remaining()
+        budget = self._settings.turn_timeout_seconds
+        if remaining is not None:
+            budget = min(budget, remaining - _ANSWER_MARGIN_SECONDS)
+        return time.monotonic() + budget
+
+    async def Chat(self, request: chat_pb2.ChatRequest, context: Context) -> chat_pb2.ChatResponse:
+        result = await self._turn(_turn_request(request), context)
+        return _response(result)
+
+    async def StreamChat(
+        self, request: chat_pb2.StreamChatRequest, context: Context
+    ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+        events: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
+
+        async def emit(event: TurnEvent) -> None:
+            await events.put(event)
+
+        turn = asyncio.create_task(
+            self._agent.turn(_turn_request(request), deadline=self._deadline(context), emit=emit)
+        )
+        turn.add_done_callback(lambda _: events.put_nowait(None))
+        try:
+            while (event := await events.get()) is not None:
+                yield _event(event)
+            result = await self._outcome(turn, context)
+        finally:
+            turn.cancel()
+        final = _response(result)
+        final.audio = b""  # streamed already
+        yield chat_pb2.StreamChatResponse(final=final)
+
+    async def DeleteUserData(
+        self, request: chat_pb2.DeleteUserDataRequest, context: Context
+    ) -> chat_pb2.DeleteUserDataResponse:
+        await self._check_user(request.user_id, context)
+        erased = await self._agent.erase(request.user_id)
+        return chat_pb2.DeleteUserDataResponse(erased_records=erased)
+
+    async def GetUsage(
+        self, request: chat_pb2.GetUsageRequest, context: Context
+    ) -> chat_pb2.GetUsageResponse:
+        await self._check_user(request.user_id, context)
+        report = await self._agent.usage(request.user_id)
+        return chat_pb2.GetUsageResponse(
+            user_today=_totals(report.user_today),
+            user_month=_totals(report.user_month),
+            global_today=_totals(report.global_today),
+            global_month=_totals(report.global_month),
+        )
+
+    async def _check_user(self, user_id: str, context: Context) -> None:
+        try:
+            check_user_id(user_id)
+        except InvalidArgument as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def _turn(self, request: TurnRequest, context: Context) -> TurnResult:
+        return await self._outcome(
+            self._agent.turn(request, deadline=self._deadline(context)), context
+        )
+
+    async def _outcome(self, turn: Awaitable[TurnResult], context: Context) -> TurnResult:
+        try:
+            return await turn
+        except InvalidArgument as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except RateLimited as exc:
+            await _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                str(exc),
+                _retry_metadata(exc.retry_after_seconds, str(exc)),
+            )
+        except TurnTimeout as exc:
+            await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+
+
+def _retry_metadata(seconds: float, message: str) -> tuple[tuple[str, str | bytes], ...]:
+    """The retry delay as gRPC's standard RetryInfo detail and as plain `retry-after-ms`."""
+    delay = Duration()
+    delay.FromNanoseconds(int(seconds * 1e9))
+    detail = AnyMessage()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[detail])
+    return (
+        ("retry-after-ms", str(max(1, round(seconds * 1000)))),
+        ("grpc-status-details-bin", status.SerializeToString()),
+    )
+
+
+def _turn_request(request: chat_pb2.ChatRequest | chat_pb2.StreamChatRequest) -> TurnRequest:
+    return TurnRequest(
+        user_id=request.user_id,
+        message=request.message,
+        language=request.language,
+        timezone=request.timezone,
+        include_audio=request.include_audio,
+        request_id=request.request_id,
+    )
+
+
+def _tool_call(outcome: ToolOutcome) -> chat_pb2.ToolCall:
+    duration = Duration()
+    duration.FromNanoseconds(int(outcome.duration_seconds * 1e9))
+    return chat_pb2.ToolCall(
+        id=outcome.call.id,
+        name=outcome.call.name,
+        arguments_json=outcome.call.arguments,
+        result_json=_json(outcome.result),
+        status=chat_pb2.ToolCallStatus.ValueType(int(outcome.status)),
+        duration=duration,
+    )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _response(result: TurnResult) -> chat_pb2.ChatResponse:
+    return chat_pb2.ChatResponse(
+        reply=result.reply,
+        language=result.language,
+        emotion=types_pb2.EmotionResult(
+            scores=result.emotion.scores, dominant=result.emotion.dominant
+        ),
+        tool_calls=[_tool_call(o) for o in result.tool_outcomes],
+        audio=result.audio,
+        usage=chat_pb2.Usage(
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+            tts_characters=result.usage.tts_characters,
+            cost_usd=result.usage.cost_usd,
+            model=result.usage.model,
+        ),
+        degraded=result.degraded,
+        trace_id=result.trace_id,
+        request_id=result.request_id,
+    )
+
+
+def _event(event: TurnEvent) -> chat_pb2.StreamChatResponse:
+    if isinstance(event, ToolStarted):
+        return chat_pb2.StreamChatResponse(
+            tool_call_started=chat_pb2.ToolCallStarted(
+                id=event.call.id, name=event.call.name, arguments_json=event.call.arguments
+            )
+        )
+    if isinstance(event, ToolFinished):
+        return chat_pb2.StreamChatResponse(tool_call_finished=_tool_call(event.outcome))
+    if isinstance(event, TextDelta):
+        return chat_pb2.StreamChatResponse(text_delta=event.text)
+    assert isinstance(event, AudioPiece)
+    return chat_pb2.StreamChatResponse(
+        audio_chunk=chat_pb2.AudioChunk(
+            sequence=event.sequence, text=event.text, audio_wav=event.wav
+        )
+    )
+
+
+def _totals(totals: UsageTotals) -> chat_pb2.UsageTotals:
+    return chat_pb2.UsageTotals(
+        turns=totals.turns,
+        prompt_tokens=totals.prompt_tokens,
+        completion_tokens=totals.completion_tokens,
+        tts_characters=totals.tts_characters,
+        cost_usd=totals.cost_usd,
+    )

@@ -1,0 +1,122 @@
+"""Test doubles of our own gRPC services, served from the test process on a free port, for the
+behaviours the real ones cannot be steered into (fixed delays, failures, canned scores)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+
+from chatagent.v1 import (
+    emotion_pb2,
+    emotion_pb2_grpc,
+    tools_pb2,
+    tools_pb2_grpc,
+    types_pb2,
+)
+from tests.support.ports import free_port
+
+
+@dataclass
+class Double:
+    address: str = ""
+    delays: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, grpc.StatusCode] = field(default_factory=dict)
+    calls: list[tuple[str, object, float]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _enter(self, method: str, request: object, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self.calls.append((method, request, time.monotonic()))
+        delay = self.delays.get(method, 0.0)
+        if delay:
+            self.release.wait(delay)
+        failure = self.failures.get(method)
+        if failure is not None:
+            context.abort(failure, f"{method} failed on purpose")
+
+    def called(self, method: str) -> list[object]:
+        with self._lock:
+            return [request for name, request, _ in self.calls if name == method]
+
+
+class _Tools(tools_pb2_grpc.ToolServiceServicer):
+    def __init__(self, state: Double) -> None:
+        self.state = state
+
+    def GetTime(self, request, context):
+        self.state._enter("GetTime", request, context)
+        return tools_pb2.GetTimeResponse(
+            local_time="2026-11-26T09:30:00+09:00",
+            timezone=request.timezone or "Asia/Tokyo",
+            utc_offset="+09:00",
+            utc_offset_seconds=32400,
+            abbreviation="JST",
+            weekday="Thursday",
+            place=request.place,
+        )
+
+    def GetWeather(self, request, context):
+        self.state._enter("GetWeather", request, context)
+        return tools_pb2.GetWeatherResponse(
+            place=request.place, description="晴れ", temperature_c=20.5, weather_code=1,
+            today_max_c=23.0, today_min_c=15.0,
+        )  # fmt: skip
+
+    def GetFortune(self, request, context):
+        self.state._enter("GetFortune", request, context)
+        return tools_pb2.GetFortuneResponse(
+            level=tools_pb2.FORTUNE_LEVEL_DAIKICHI, label="大吉", message="いい日",
+            lucky_item="鈴", date="2026-11-26",
+        )  # fmt: skip
+
+    def Calculate(self, request, context):
+        self.state._enter("Calculate", request, context)
+        return tools_pb2.CalculateResponse(result="42", value=42.0, is_integer=True)
+
+
+class _Emotion(emotion_pb2_grpc.EmotionServiceServicer):
+    def __init__(self, state: Double) -> None:
+        self.state = state
+
+    def Analyze(self, request, context):
+        self.state._enter("Analyze", request, context)
+        return emotion_pb2.AnalyzeResponse(
+            emotion=types_pb2.EmotionResult(scores={"joy": 0.8, "neutral": 0.2}, dominant="joy"),
+            analyzer="double",
+        )
+
+
+@contextmanager
+def _serve(add: object, servicer: object, state: Double) -> Iterator[Double]:
+    port = free_port()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    add(servicer, server)  # type: ignore[operator]
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    state.address = f"127.0.0.1:{port}"
+    try:
+        yield state
+    finally:
+        state.release.set()
+        server.stop(grace=None)
+
+
+@contextmanager
+def tools_double() -> Iterator[Double]:
+    state = Double()
+    with _serve(tools_pb2_grpc.add_ToolServiceServicer_to_server, _Tools(state), state) as s:
+        yield s
+
+
+@contextmanager
+def emotion_double() -> Iterator[Double]:
+    state = Double()
+    with _serve(emotion_pb2_grpc.add_EmotionServiceServicer_to_server, _Emotion(state), state) as s:
+        yield s
