@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -433,3 +434,34 @@ def test_stream_chat_emits_tool_events_text_and_a_final_summary(suite_factory: A
     text_joined = "".join(e.text_delta for e in events if e.WhichOneof("event") == "text_delta")
     assert text_joined.replace(" ", "") == events[-1].final.reply.replace(" ", "")
     assert "tts" not in events[-1].final.degraded
+
+
+def test_timezone_from_request_then_stored_preference_then_default(suite_factory: Any) -> None:
+    suite = suite_factory(llm=False)
+    suite.chat("u-tz", "今何時？")
+    suite.chat("u-tz", "今何時？", timezone="America/New_York")
+    suite.chat("u-tz", "今何時？")
+    zones = [request.timezone for request in suite.tools.called("GetTime")]
+    assert zones == ["Asia/Tokyo", "America/New_York", "America/New_York"]
+
+
+def test_metrics_show_turns_tools_tokens_breakers_and_the_persona_guard(
+    suite_factory: Any,
+) -> None:
+    suite = suite_factory()
+    suite.llm.enqueue(
+        tools(tool_call("calculate", {"expression": "6*7"}, "c1")), text("答えは42だにゃん")
+    )
+    suite.chat("u-metrics", "6*7は？")
+    url = f"http://127.0.0.1:{suite.process.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        page = response.read().decode()
+    for line in (
+        'chatagent_turns_total{outcome="ok"} 1.0',
+        'chatagent_tool_calls_total{status="ok",tool="calculate"} 1.0',
+        'chatagent_llm_tokens_total{kind="prompt",model="fake-model"} 150.0',
+        'chatagent_breaker_state{dependency="tools"} 0.0',
+        'chatagent_persona_guard_total{outcome="ok"} 1.0',
+        'chatagent_tool_call_seconds_count{tool="calculate"} 1.0',
+    ):
+        assert line in page

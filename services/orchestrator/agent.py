@@ -188,9 +188,7 @@ class Agent:
             user_daily_usd=settings.user_daily_budget_usd,
             global_monthly_usd=settings.global_monthly_budget_usd,
         )
-        self._persona = persona.PersonaConfig(
-            endings=settings.persona_endings, max_reply_chars=settings.max_reply_chars
-        )
+        self._persona = settings.persona()
         self._unpriced: set[str] = set()
 
     # -- the RPCs -----------------------------------------------------------------------------

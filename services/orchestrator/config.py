@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.common.config import Port, Seconds, ServiceSettings
 from services.common.language import Language, is_supported
 from services.common.timezones import UnknownTimezone, resolve_zone
+from services.orchestrator.persona import PersonaConfig
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Money = Annotated[float, Field(ge=0)]
@@ -89,6 +90,17 @@ class OrchestratorSettings(ServiceSettings):
         if not isinstance(endings, dict) or not all(is_supported(k) for k in endings):
             raise ValueError('must be a JSON object keyed by "ja", "en" or "ko"')
         return endings
+
+    @model_validator(mode="after")
+    def _persona(self) -> Self:
+        try:
+            self.persona()
+        except ValueError as exc:
+            raise ValueError(f"PERSONA_ENDINGS / MAX_REPLY_CHARS: {exc}") from None
+        return self
+
+    def persona(self) -> PersonaConfig:
+        return PersonaConfig(endings=self.persona_endings, max_reply_chars=self.max_reply_chars)
 
     @field_validator("default_timezone")
     @classmethod

@@ -22,8 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServiceProcess:
-    def __init__(self, name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: dict[str, str] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.name = name
+        self.credentials = credentials
         self.port = free_port()
         self.metrics_port = free_port()
         self.env = {
@@ -54,7 +60,11 @@ class ServiceProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = (
+            grpc.insecure_channel(self.address)
+            if self.credentials is None
+            else grpc.secure_channel(self.address, self.credentials)
+        )
         if wait_for is not None:
             self.wait_serving(wait_for, timeout)
         return self
