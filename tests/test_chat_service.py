@@ -4,6 +4,8 @@ tools and emotion over real gRPC, a real Redis where state must be shared or sur
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ from google.rpc import error_details_pb2, status_pb2
 from chatagent.v1 import chat_pb2, chat_pb2_grpc
 from tests.support.doubles import Double, emotion_double, tools_double
 from tests.support.fake_openai import FakeOpenAI, Reply, fake_openai
-from tests.support.process import ServiceProcess
+from tests.support.process import ROOT, ServiceProcess
 
 SERVICE = "chatagent.v1.ChatService"
 TOKEN = "test-token-1"
@@ -465,3 +467,22 @@ def test_metrics_show_turns_tools_tokens_breakers_and_the_persona_guard(
         'chatagent_tool_call_seconds_count{tool="calculate"} 1.0',
     ):
         assert line in page
+
+
+def test_cli_chats_and_shows_tools_emotion_usage_and_errors(suite_factory: Any) -> None:
+    suite = suite_factory(llm=False)
+    session = subprocess.run(
+        [sys.executable, "-m", "services.orchestrator.cli", "--addr", suite.process.address,
+         "--user", "u-cli", "--token", TOKEN],
+        input="12*3は？\n/usage\n" + "x" * 5000 + "\n/forget\n/usage\n/quit\n",
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert session.returncode == 0, session.stderr
+    out = session.stdout
+    assert "cat> " in out
+    assert "にゃん" in out
+    assert 'tool calculate({"expression":"12*3"}) ok' in out
+    assert "emotion: joy" in out
+    assert "today: 1 turns" in out
+    assert "error: INVALID_ARGUMENT: message" in out
+    assert "today: 0 turns" in out
