@@ -223,6 +223,9 @@ def fake_openai() -> Iterator[FakeOpenAI]:
     class Handler(BaseHTTPRequestHandler):
         # Keep-alive, so tests can see whether the client reuses its connection.
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes; with Nagle on, the body waits for the
+        # client's delayed ACK (40 ms) on every keep-alive request.
+        disable_nagle_algorithm = True
         timeout = 30  # an idle kept-alive connection does not hold a thread for ever
 
         def do_POST(self) -> None:

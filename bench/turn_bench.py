@@ -1,0 +1,144 @@
+"""Orchestrator timings, against the fake LLM and a ToolService double, over real gRPC.
+
+* Tool phase of a 3-tool turn (delays 120, 350 and 80 ms) against the sum and the max of the
+  delays: the time from the first tool_call_started to the last tool_call_finished event of
+  StreamChat. Target: max + 20 ms.
+* Turn latency p50/p99 and turns/s at concurrency 1, 16 and 64 with a zero-latency LLM (one
+  completion, no tools) — the orchestrator's own overhead plus the fake LLM's HTTP round trip.
+  Targets: p50 <= 5 ms at concurrency 1, >= 300 turns/s.
+
+Everything shares the machine's two cores: the load generator, the fake LLM (a Python HTTP
+server) and the orchestrator, so the throughput numbers are a floor for the orchestrator alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import grpc.aio
+
+from chatagent.v1 import chat_pb2, chat_pb2_grpc
+from tests.support.doubles import emotion_double, tools_double
+from tests.support.fake_openai import Reply, fake_openai
+from tests.support.process import ServiceProcess
+
+TOKEN = "bench-token"  # noqa: S105 - a local test token
+METADATA = (("authorization", f"Bearer {TOKEN}"),)
+DELAYS = {"GetTime": 0.120, "GetWeather": 0.350, "Calculate": 0.080}
+LOAD_SECONDS = 5.0
+
+
+def _tool_turn() -> Reply:
+    calls = [
+        {"id": "c1", "name": "get_time", "arguments": '{"place":"東京"}'},
+        {"id": "c2", "name": "get_weather", "arguments": '{"place":"大阪"}'},
+        {"id": "c3", "name": "calculate", "arguments": '{"expression":"6*7"}'},
+    ]
+    return Reply(tool_calls=calls)
+
+
+async def tool_phase(address: str, samples: int) -> list[float]:
+    phases = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        for i in range(samples):
+            request = chat_pb2.StreamChatRequest(
+                user_id=f"phase-{i}", message="ツール", language="ja"
+            )
+            first = last = 0.0
+            async for event in stub.StreamChat(request, metadata=METADATA, timeout=10):
+                kind = event.WhichOneof("event")
+                if kind == "tool_call_started" and not first:
+                    first = time.perf_counter()
+                elif kind == "tool_call_finished":
+                    last = time.perf_counter()
+            phases.append(last - first)
+    return phases
+
+
+async def load(address: str, concurrency: int) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        stop_at = time.perf_counter() + LOAD_SECONDS
+
+        async def worker(worker_id: int) -> None:
+            n = 0
+            while time.perf_counter() < stop_at:
+                request = chat_pb2.ChatRequest(
+                    user_id=f"load-{concurrency}-{worker_id}-{n % 50}",
+                    message="こんにちは",
+                    language="ja",
+                )
+                started = time.perf_counter()
+                await stub.Chat(request, metadata=METADATA, timeout=10)
+                latencies.append(time.perf_counter() - started)
+                n += 1
+
+        for _ in range(20):  # warm up the connection, the model, the caches
+            await stub.Chat(
+                chat_pb2.ChatRequest(user_id="warm", message="こんにちは", language="ja"),
+                metadata=METADATA,
+                timeout=10,
+            )
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return latencies, len(latencies) / elapsed
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:8.2f}"
+
+
+def main() -> None:
+    with fake_openai() as llm, tools_double() as tools, emotion_double() as emotion:
+        tools.delays = dict(DELAYS)
+        env = {
+            "TOOLS_ADDR": tools.address,
+            "EMOTION_ADDR": emotion.address,
+            "SPEECH_ADDR": "127.0.0.1:1",
+            "OPENAI_BASE_URL": llm.base_url,
+            "OPENAI_API_KEY": "sk-bench",
+            "CHAT_API_TOKENS": TOKEN,
+            "LOG_LEVEL": "WARNING",
+            "USER_RATE_PER_MINUTE": "1000000",
+            "USER_BURST": "100000",
+            "GLOBAL_RATE_PER_SECOND": "1000000",
+            "GLOBAL_BURST": "100000",
+            "USER_DAILY_BUDGET_USD": "0",
+            "GLOBAL_MONTHLY_BUDGET_USD": "0",
+        }
+        with ServiceProcess("orchestrator", env) as chat:
+            chat.start(wait_for="chatagent.v1.ChatService")
+            samples = 10
+            llm.responder = lambda body: (
+                _tool_turn() if body["messages"][-1]["role"] == "user" else Reply("はいにゃん")
+            )
+            phases = asyncio.run(tool_phase(chat.address, samples))
+            total, longest = sum(DELAYS.values()), max(DELAYS.values())
+            print("| 3-tool turn, tool phase   | p50 (ms) | max (ms) | sum of delays | max delay |")
+            print("|---------------------------|----------|----------|---------------|-----------|")
+            print(
+                f"| {samples} turns                  | {_ms(statistics.median(phases))} "
+                f"| {_ms(max(phases))} | {_ms(total)}      | {_ms(longest)} |"
+            )
+            print()
+            tools.delays = {}
+            llm.responder = lambda body: Reply("はいにゃん")
+            print("| concurrency | turns/s | p50 (ms) | p99 (ms) |")
+            print("|-------------|---------|----------|----------|")
+            for concurrency in (1, 16, 64):
+                latencies, rate = asyncio.run(load(chat.address, concurrency))
+                latencies.sort()
+                p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+                print(
+                    f"| {concurrency:11d} | {rate:7.0f} | {_ms(statistics.median(latencies))} "
+                    f"| {_ms(p99)} |"
+                )
+
+
+if __name__ == "__main__":
+    main()
