@@ -58,11 +58,20 @@ class ToolContext:
     timezone: str
 
 
-def _remaining(deadline: float) -> float:
-    return deadline - time.monotonic() - DEADLINE_MARGIN_SECONDS
+class _GuardedClient:
+    """A client of one dependency: its breaker, and a timeout bounded by the turn's deadline."""
+
+    def __init__(self, breaker: pybreaker.CircuitBreaker, *, timeout_seconds: float) -> None:
+        self._breaker = breaker
+        self._timeout = timeout_seconds
+
+    def _timeout_for(self, deadline: float) -> float:
+        """This call's timeout: at most the configured one, and ends before the deadline.
+        Zero or less means there is no time left to call at all."""
+        return min(self._timeout, deadline - time.monotonic() - DEADLINE_MARGIN_SECONDS)
 
 
-class ToolRunner:
+class ToolRunner(_GuardedClient):
     """Runs the tool calls of one LLM response concurrently, deduplicated within the turn."""
 
     def __init__(
@@ -72,11 +81,10 @@ class ToolRunner:
         *,
         timeout_seconds: float,
     ) -> None:
+        super().__init__(breaker, timeout_seconds=timeout_seconds)
         stub = tools_pb2_grpc.ToolServiceStub(channel)
         self._specs = tool_specs()
         self._methods = {spec.name: getattr(stub, spec.method) for spec in self._specs.values()}
-        self._breaker = breaker
-        self._timeout = timeout_seconds
 
     async def run(
         self,
@@ -128,7 +136,7 @@ class ToolRunner:
         except ValueError as exc:
             return self._finish(call, ToolStatus.REJECTED, {"error": str(exc)}, started)
 
-        timeout = min(self._timeout, _remaining(deadline))
+        timeout = self._timeout_for(deadline)
         if timeout <= 0:
             return self._fallback(call, "no time left in the turn", started)
         attempted = False
@@ -207,7 +215,7 @@ def _request(spec: ToolSpec, arguments: str, context: ToolContext) -> Any:
     return request
 
 
-class EmotionClient:
+class EmotionClient(_GuardedClient):
     """The user's emotion from EmotionService; None when it is unavailable (the turn degrades)."""
 
     def __init__(
@@ -217,12 +225,11 @@ class EmotionClient:
         *,
         timeout_seconds: float,
     ) -> None:
+        super().__init__(breaker, timeout_seconds=timeout_seconds)
         self._stub = emotion_pb2_grpc.EmotionServiceStub(channel)
-        self._breaker = breaker
-        self._timeout = timeout_seconds
 
     async def analyze(self, text: str, language: str, *, deadline: float) -> Emotion | None:
-        timeout = min(self._timeout, _remaining(deadline))
+        timeout = self._timeout_for(deadline)
         if timeout <= 0:
             return None
         try:
@@ -248,7 +255,7 @@ class SpeechChunk:
     wav: bytes
 
 
-class SpeechClient:
+class SpeechClient(_GuardedClient):
     """Speech from SpeechService, sentence by sentence."""
 
     def __init__(
@@ -258,15 +265,14 @@ class SpeechClient:
         *,
         timeout_seconds: float,
     ) -> None:
+        super().__init__(breaker, timeout_seconds=timeout_seconds)
         self._stub = speech_pb2_grpc.SpeechServiceStub(channel)
-        self._breaker = breaker
-        self._timeout = timeout_seconds
 
     async def stream(
         self, text: str, language: str, *, deadline: float
     ) -> AsyncIterator[SpeechChunk]:
         """Chunks as they are synthesized; raises SpeechUnavailable when the service fails."""
-        timeout = min(self._timeout, _remaining(deadline))
+        timeout = self._timeout_for(deadline)
         if timeout <= 0:
             raise SpeechUnavailable("no time left for speech")
         try:

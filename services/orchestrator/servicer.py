@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import grpc
 import grpc.aio
@@ -16,6 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from chatagent.v1 import chat_pb2, chat_pb2_grpc, types_pb2
+from services.common.status import abort
 from services.orchestrator.agent import (
     Agent,
     AudioPiece,
@@ -36,13 +37,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 # Kept back from the caller's deadline so the answer, or the refusal, reaches it in time.
 _ANSWER_MARGIN_SECONDS: Final = 0.05
-
-
-async def _abort(
-    context: Context, code: grpc.StatusCode, message: str, trailing: tuple[Any, ...] = ()
-) -> NoReturn:
-    await context.abort(code, message, trailing_metadata=trailing)
-    raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -106,7 +100,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         try:
             check_user_id(user_id)
         except InvalidArgument as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def _turn(self, request: TurnRequest, context: Context) -> TurnResult:
         return await self._outcome(
@@ -117,16 +111,16 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         try:
             return await turn
         except InvalidArgument as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except RateLimited as exc:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 str(exc),
                 _retry_metadata(exc.retry_after_seconds, str(exc)),
             )
         except TurnTimeout as exc:
-            await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+            await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
 
 
 def _retry_metadata(seconds: float, message: str) -> tuple[tuple[str, str | bytes], ...]:

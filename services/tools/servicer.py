@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import grpc
 import grpc.aio
@@ -17,6 +17,7 @@ import grpc.aio
 from chatagent.v1 import tools_pb2, tools_pb2_grpc
 from services.common.channels import DeadlineExhausted, call_timeout
 from services.common.language import base_language
+from services.common.status import abort
 from services.common.timezones import resolve_zone
 from services.tools.calculator import calculate
 from services.tools.config import ToolSettings
@@ -43,11 +44,6 @@ _STATUS_FOR: Final[tuple[tuple[type[Exception], grpc.StatusCode], ...]] = (
 )
 
 
-async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("unreachable: abort raises")  # pragma: no cover
-
-
 @asynccontextmanager
 async def _statuses(context: Context) -> AsyncIterator[None]:
     """Turn the tool modules' documented errors into the matching gRPC status."""
@@ -55,7 +51,7 @@ async def _statuses(context: Context) -> AsyncIterator[None]:
         yield
     except tuple(error for error, _ in _STATUS_FOR) as exc:
         code = next(code for error, code in _STATUS_FOR if isinstance(exc, error))
-        await _abort(context, code, str(exc))
+        await abort(context, code, str(exc))
 
 
 class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
@@ -74,14 +70,14 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
 
     async def _places(self, context: Context) -> Gazetteer:
         if self._gazetteer is None:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, "the place index is still loading")
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "the place index is still loading")
         return self._gazetteer
 
     async def GetTime(
         self, request: tools_pb2.GetTimeRequest, context: Context
     ) -> tools_pb2.GetTimeResponse:
         if len(request.place) > MAX_PLACE_CHARS:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"place is longer than {MAX_PLACE_CHARS} characters",
@@ -112,7 +108,7 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
     ) -> tools_pb2.GetFortuneResponse:
         user_id = request.user_id
         if not user_id.strip() or len(user_id) > MAX_USER_ID_CHARS:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"user_id must be 1 to {MAX_USER_ID_CHARS} characters",
