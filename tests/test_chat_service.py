@@ -486,3 +486,55 @@ def test_cli_chats_and_shows_tools_emotion_usage_and_errors(suite_factory: Any) 
     assert "today: 1 turns" in out
     assert "error: INVALID_ARGUMENT: message" in out
     assert "today: 0 turns" in out
+
+
+def test_budget_is_checked_before_each_llm_call_within_a_turn(suite_factory: Any) -> None:
+    suite = suite_factory(
+        env={"USER_DAILY_BUDGET_USD": "0.0001", "LLM_PRICES": '{"fake-model": [1.0, 1.0]}'}
+    )
+    first = tools(tool_call("calculate", {"expression": "6*7"}, "c1"))
+    first.prompt_tokens, first.completion_tokens = 150, 10  # $0.00016: over the budget
+    suite.llm.enqueue(first, text("答えは42だにゃん"))
+    reply = suite.chat("u-midturn", "6*7は？")
+    assert len(suite.llm.requests) == 1
+    assert "budget" in reply.degraded
+    assert reply.usage.cost_usd == pytest.approx(0.00016)
+    assert "42" in reply.reply
+
+
+def test_unknown_tools_and_malformed_arguments_become_error_results(suite_factory: Any) -> None:
+    suite = suite_factory()
+    suite.llm.enqueue(
+        tools(
+            {"id": "c1", "name": "get_horoscope", "arguments": "{}"},
+            {"id": "c2", "name": "calculate", "arguments": "{not json"},
+            {"id": "c3", "name": "calculate", "arguments": '{"expression": 42}'},
+            {"id": "c4", "name": "get_weather", "arguments": "{}"},
+        ),
+        text("ごめん、うまくいかなかったにゃん"),
+    )
+    reply = suite.chat("u-rejected", "占って")
+    assert [c.status for c in reply.tool_calls] == [chat_pb2.TOOL_CALL_STATUS_REJECTED] * 4
+    results = [
+        json.loads(m["content"]) for m in suite.llm.requests[1].messages if m["role"] == "tool"
+    ]
+    assert "unknown tool 'get_horoscope'" in results[0]["error"]
+    assert "not valid JSON" in results[1]["error"]
+    assert "calculate" in results[2]["error"]
+    assert "place" in results[3]["error"]
+    assert suite.tools.calls == []
+    assert reply.reply == "ごめん、うまくいかなかったにゃん"
+
+
+def test_a_turn_that_cannot_finish_in_time_stores_nothing(suite_factory: Any) -> None:
+    suite = suite_factory(llm=False)
+    suite.tools.delays = {"Calculate": 3.0}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        slow = pool.submit(suite.chat, "u-late", "12*3は？", 10)
+        while not suite.tools.called("Calculate"):
+            time.sleep(0.02)
+        # The user's first turn holds their lock past this one's deadline.
+        code, _, _ = code_of(lambda: suite.chat("u-late", "こんにちは", timeout=1.0))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert slow.result().tool_calls[0].status == chat_pb2.TOOL_CALL_STATUS_OK
+    assert suite.usage("u-late").user_today.turns == 1

@@ -73,6 +73,14 @@ class RateLimited(Exception):
         self.scope = scope
 
 
+class BudgetSpent(LlmError):
+    """A cost budget is spent: the local planner answers instead of the LLM."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"the {scope} budget is spent")
+        self.scope = scope
+
+
 class TurnTimeout(Exception):
     """The turn could not finish before the caller's deadline; nothing of it was stored."""
 
@@ -319,19 +327,14 @@ class Agent:
     async def _answer(self, turn: _Turn, emotion_task: asyncio.Task[Emotion | None]) -> str:
         llm = self._parts.llm
         if llm is not None:
-            spent = await self._parts.ledger.spent(turn.request.user_id, datetime.now(UTC))
-            budget = over_budget(spent, self._budgets)
-            if budget:
-                metrics.BUDGET_EXHAUSTED.labels(budget).inc()
+            try:
+                return await self._llm_answer(turn, llm, emotion_task)
+            except BudgetSpent as exc:
+                metrics.BUDGET_EXHAUSTED.labels(exc.scope).inc()
                 turn.degrade("budget")
-            else:
-                try:
-                    return await self._llm_answer(turn, llm, emotion_task)
-                except (LlmError, pybreaker.CircuitBreakerError) as exc:
-                    logger.warning(
-                        "LLM unavailable; local planner answers", extra={"error": repr(exc)}
-                    )
-                    turn.degrade("llm")
+            except (LlmError, pybreaker.CircuitBreakerError) as exc:
+                logger.warning("LLM unavailable; local planner answers", extra={"error": repr(exc)})
+                turn.degrade("llm")
         return await self._planner_answer(turn, emotion_task)
 
     async def _planner_answer(self, turn: _Turn, emotion_task: asyncio.Task[Emotion | None]) -> str:
@@ -444,6 +447,15 @@ class Agent:
         budget = min(self._settings.llm_timeout_seconds, remaining - reserve)
         if budget <= 0:
             raise LlmError("no time left for the LLM")
+        # Before each call, what is spent already plus what this turn has spent so far.
+        user_today, global_month = await self._parts.ledger.spent(
+            turn.request.user_id, datetime.now(UTC)
+        )
+        spent = over_budget(
+            (user_today + turn.cost_usd, global_month + turn.cost_usd), self._budgets
+        )
+        if spent:
+            raise BudgetSpent(spent)
         with self._parts.llm_breaker.calling():
             reply = await llm.complete(messages, tools, timeout_seconds=budget)
         self._account(turn, reply)
