@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +30,20 @@ class Double:
     calls: list[tuple[str, object, float]] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: grpc.Server | None = None
+    _start: Callable[[], grpc.Server] | None = None
+
+    def stop(self) -> None:
+        """Take the service down, as a crashed or stopped process would be."""
+        assert self._server is not None
+        self._server.stop(grace=None)
+        self._server = None
+
+    def restart(self) -> None:
+        """Bring it back on the same address."""
+        assert self._start is not None
+        assert self._server is None
+        self._server = self._start()
 
     def _enter(self, method: str, request: object, context: grpc.ServicerContext) -> None:
         with self._lock:
@@ -95,17 +109,23 @@ class _Emotion(emotion_pb2_grpc.EmotionServiceServicer):
 
 @contextmanager
 def _serve(add: object, servicer: object, state: Double) -> Iterator[Double]:
-    port = free_port()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    add(servicer, server)  # type: ignore[operator]
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    state.address = f"127.0.0.1:{port}"
+    state.address = f"127.0.0.1:{free_port()}"
+
+    def start() -> grpc.Server:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        add(servicer, server)  # type: ignore[operator]
+        server.add_insecure_port(state.address)
+        server.start()
+        return server
+
+    state._start = start
+    state._server = start()
     try:
         yield state
     finally:
         state.release.set()
-        server.stop(grace=None)
+        if state._server is not None:
+            state._server.stop(grace=None)
 
 
 @contextmanager
