@@ -210,6 +210,9 @@ def stream_chunks(
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a burst of new connections beyond it has its SYNs
+    # dropped and retried a second later, which shows up as one-second latency outliers.
+    request_queue_size = 256
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that gave up (timeout, cancelled call) leaves a broken pipe behind: expected.
