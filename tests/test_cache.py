@@ -6,16 +6,9 @@ import pytest
 
 from services.common import redisconn
 from services.common.cache import MemoryCache, RedisCache
+from tests.support.clock import Clock
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisNotAvailable, redis_server
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_memory_cache_expires_entries_after_their_ttl() -> None:

@@ -16,17 +16,10 @@ from services.orchestrator.limits import (
     RateLimiter,
     RedisRateLimiter,
 )
+from tests.support.clock import Clock
 
 # Limits that never refuse within a test.
 UNLIMITED = Rate(per_second=1e6, burst=1_000_000)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

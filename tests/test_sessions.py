@@ -25,16 +25,9 @@ from services.orchestrator.sessions import (
     SessionStore,
     encode_turn,
 )
+from tests.support.clock import Clock
 
 ODD_USER_IDS = ["*", "a*", "{x}", "user:1", "user:10", "a}b{c"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
