@@ -11,11 +11,24 @@ import os
 import re
 from typing import Annotated, ClassVar, Self, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from services.common.timezones import UnknownTimezone, resolve_zone
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+def _zone_key(value: str) -> str:
+    try:
+        return resolve_zone(value).key
+    except UnknownTimezone as exc:
+        raise ValueError(str(exc)) from None
+
+
+# An IANA zone name, checked at start and spelled as IANA does ("asia/tokyo" -> "Asia/Tokyo").
+Timezone = Annotated[str, AfterValidator(_zone_key)]
 
 
 class ConfigError(Exception):

@@ -7,9 +7,8 @@ from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from services.common.config import Port, Seconds, ServiceSettings
+from services.common.config import Port, Seconds, ServiceSettings, Timezone
 from services.common.language import Language, is_supported
-from services.common.timezones import UnknownTimezone, resolve_zone
 from services.orchestrator.persona import PersonaConfig
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -53,7 +52,7 @@ class OrchestratorSettings(ServiceSettings):
     persona_endings: dict[str, str] = Field(
         default_factory=lambda: {"ja": "にゃん", "en": "nyan", "ko": "냥"}
     )
-    default_timezone: str = "UTC"
+    default_timezone: Timezone = "UTC"
     default_language: Language = "ja"
 
     # A turn without a caller deadline gets this one.
@@ -101,14 +100,6 @@ class OrchestratorSettings(ServiceSettings):
 
     def persona(self) -> PersonaConfig:
         return PersonaConfig(endings=self.persona_endings, max_reply_chars=self.max_reply_chars)
-
-    @field_validator("default_timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            return resolve_zone(value).key
-        except UnknownTimezone as exc:
-            raise ValueError(str(exc)) from None
 
     @property
     def api_tokens(self) -> list[str]:

@@ -6,9 +6,8 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field, field_validator
 
-from services.common.config import Port, Seconds, ServiceSettings
+from services.common.config import Port, Seconds, ServiceSettings, Timezone
 from services.common.language import Language
-from services.common.timezones import UnknownTimezone, resolve_zone
 
 
 class ToolSettings(ServiceSettings):
@@ -17,7 +16,7 @@ class ToolSettings(ServiceSettings):
     port: Port = 50052
     metrics_port: Port = 9102
     # The zone used when a request names neither a place nor a zone.
-    default_timezone: str = "UTC"
+    default_timezone: Timezone = "UTC"
     default_language: Language = "ja"
     open_meteo_geocoding_url: str = "https://geocoding-api.open-meteo.com/v1/search"
     open_meteo_forecast_url: str = "https://api.open-meteo.com/v1/forecast"
@@ -26,14 +25,6 @@ class ToolSettings(ServiceSettings):
     weather_cache_ttl_seconds: Seconds = 600.0
     weather_cache_max_entries: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
     gazetteer_min_population: Annotated[int, Field(ge=0)] = 15000
-
-    @field_validator("default_timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            return resolve_zone(value).key
-        except UnknownTimezone as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("open_meteo_geocoding_url", "open_meteo_forecast_url")
     @classmethod
