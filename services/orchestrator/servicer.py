@@ -17,6 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from chatagent.v1 import chat_pb2, chat_pb2_grpc, types_pb2
 from services.common.status import abort
+from services.common.validation import InvalidArgument, check_user_id
 from services.orchestrator.agent import (
     Agent,
     AudioPiece,
@@ -31,7 +32,6 @@ from services.orchestrator.agent import (
 )
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.model import ToolOutcome, UsageTotals
-from services.orchestrator.validation import InvalidArgument, check_user_id
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

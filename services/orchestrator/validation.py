@@ -11,8 +11,8 @@ from typing import Final
 
 from services.common.text import quoted
 from services.common.timezones import UnknownTimezone, resolve_zone
+from services.common.validation import InvalidArgument, check_user_id
 
-MAX_USER_ID_CHARS: Final = 128
 MAX_REQUEST_ID_CHARS: Final = 128
 
 # Embedding, override and isolate controls reorder how text is displayed ("Trojan Source"):
@@ -23,26 +23,9 @@ _CONTROLS: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _LANGUAGE_TAG: Final = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 
 
-class InvalidArgument(ValueError):
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-
-
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_message_chars: int
-
-
-def check_user_id(user_id: str) -> None:
-    if not user_id or not user_id.strip():
-        raise InvalidArgument("user_id", "is required")
-    if len(user_id) > MAX_USER_ID_CHARS:
-        raise InvalidArgument("user_id", f"must be at most {MAX_USER_ID_CHARS} characters")
-    if not user_id.isprintable():
-        raise InvalidArgument(
-            "user_id", "must be printable characters only (no control or formatting characters)"
-        )
 
 
 def check_message(message: str, limits: Limits) -> None:

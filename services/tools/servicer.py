@@ -19,6 +19,7 @@ from services.common.channels import DeadlineExhausted, call_timeout
 from services.common.language import base_language
 from services.common.status import abort
 from services.common.timezones import resolve_zone
+from services.common.validation import check_user_id
 from services.tools.calculator import calculate
 from services.tools.config import ToolSettings
 from services.tools.fortune import draw_fortune
@@ -30,8 +31,6 @@ logger = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-MAX_USER_ID_CHARS: Final = 128
-MAX_PLACE_CHARS: Final = 200
 
 # The tool modules' errors and what a caller is told; the message is the error's own. Every
 # argument error (CalculationError, UnknownTimezone, bad lengths) is a ValueError.
@@ -76,12 +75,6 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
     async def GetTime(
         self, request: tools_pb2.GetTimeRequest, context: Context
     ) -> tools_pb2.GetTimeResponse:
-        if len(request.place) > MAX_PLACE_CHARS:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"place is longer than {MAX_PLACE_CHARS} characters",
-            )
         gazetteer = await self._places(context)
         async with _statuses(context):
             found = get_time(
@@ -106,17 +99,11 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
     async def GetFortune(
         self, request: tools_pb2.GetFortuneRequest, context: Context
     ) -> tools_pb2.GetFortuneResponse:
-        user_id = request.user_id
-        if not user_id.strip() or len(user_id) > MAX_USER_ID_CHARS:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"user_id must be 1 to {MAX_USER_ID_CHARS} characters",
-            )
         async with _statuses(context):
+            check_user_id(request.user_id)
             zone = resolve_zone(request.timezone or self._settings.default_timezone)
         fortune = draw_fortune(
-            user_id=user_id,
+            user_id=request.user_id,
             local_date=datetime.now(zone).date(),
             language=base_language(request.language, self._settings.default_language),
         )

@@ -8,7 +8,7 @@ from typing import Final
 
 from services.common.text import quoted
 from services.common.timezones import UnknownTimezone, format_offset, resolve_zone
-from services.tools.gazetteer import Gazetteer, Place
+from services.tools.gazetteer import Gazetteer, Place, check_place
 
 __all__ = ["LocalTime", "UnknownPlace", "UnknownTimezone", "get_time", "local_time", "resolve_zone"]
 
@@ -61,9 +61,10 @@ def get_time(
 ) -> LocalTime:
     """Local time at `place` if given, else in `timezone` if given, else in `default_timezone`.
 
-    Raises UnknownPlace for a place the gazetteer does not know and UnknownTimezone for a bad zone.
+    Raises UnknownPlace for a place the gazetteer does not know, UnknownTimezone for a bad zone
+    and ValueError for a place name too long to be one.
     """
-    if place.strip():
+    if check_place(place):
         found = gazetteer.find(place)
         if found is None:
             raise UnknownPlace(place)

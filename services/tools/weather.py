@@ -19,11 +19,10 @@ import httpx
 from services.common.cache import Cache
 from services.common.language import Language
 from services.common.timezones import format_offset
-from services.tools.gazetteer import Gazetteer, Place
+from services.tools.gazetteer import Gazetteer, Place, check_place
 
 logger = logging.getLogger(__name__)
 
-MAX_PLACE_CHARS: Final = 200
 CACHE_TTL_SECONDS: Final = 600.0
 # A place's coordinates do not move; a geocoding answer is kept for a day.
 GEOCODE_TTL_SECONDS: Final = 86_400.0
@@ -123,11 +122,9 @@ class WeatherClient:
         self, gazetteer: Gazetteer, place: str, language: Language, timeout_seconds: float
     ) -> Weather:
         """The weather at `place`; raises ValueError, PlaceNotFound or WeatherUnavailable."""
-        name = place.strip()
+        name = check_place(place)
         if not name:
             raise ValueError("place is required")
-        if len(name) > MAX_PLACE_CHARS:
-            raise ValueError(f"place is longer than {MAX_PLACE_CHARS} characters")
         deadline = time.monotonic() + timeout_seconds
         found = gazetteer.find(name) or await self._geocode(name, deadline)
         key = f"forecast:{found.latitude:.2f},{found.longitude:.2f}"
