@@ -45,7 +45,7 @@ from services.orchestrator.model import (
 from services.orchestrator.sessions import LockTimeout, SessionStore
 from services.orchestrator.toolspec import tool_definitions
 from services.orchestrator.usage import Budgets, UsageLedger, over_budget
-from services.orchestrator.validation import Limits, check_turn
+from services.orchestrator.validation import check_turn
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,6 @@ class Agent:
     def __init__(self, settings: OrchestratorSettings, parts: AgentParts) -> None:
         self._settings = settings
         self._parts = parts
-        self._limits = Limits(max_message_chars=settings.max_message_chars)
         self._budgets = Budgets(
             user_daily_usd=settings.user_daily_budget_usd,
             global_monthly_usd=settings.global_monthly_budget_usd,
@@ -215,7 +214,7 @@ class Agent:
             language=request.language,
             timezone=request.timezone,
             request_id=request.request_id,
-            limits=self._limits,
+            max_message_chars=self._settings.max_message_chars,
         )
         decision = await self._parts.limiter.check(request.user_id)
         if not decision.allowed:

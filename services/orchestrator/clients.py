@@ -285,15 +285,6 @@ class SpeechClient(_GuardedClient):
         except (pybreaker.CircuitBreakerError, grpc.aio.AioRpcError) as exc:
             raise SpeechUnavailable(type(exc).__name__) from exc
 
-    async def synthesize(self, text: str, language: str, *, deadline: float) -> bytes | None:
-        """The whole text as one WAV file, or None when speech is unavailable."""
-        try:
-            chunks = [c.wav async for c in self.stream(text, language, deadline=deadline)]
-        except SpeechUnavailable as exc:
-            logger.warning("speech unavailable", extra={"error": str(exc)})
-            return None
-        return join_wavs(chunks) if chunks else None
-
 
 class SpeechUnavailable(Exception):
     pass

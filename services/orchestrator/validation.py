@@ -6,7 +6,6 @@ Each failure names the field and the problem; the servicer answers INVALID_ARGUM
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Final
 
 from services.common.text import quoted
@@ -23,18 +22,13 @@ _CONTROLS: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _LANGUAGE_TAG: Final = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_message_chars: int
-
-
-def check_message(message: str, limits: Limits) -> None:
+def check_message(message: str, max_chars: int) -> None:
     if not message.strip():
         raise InvalidArgument("message", "is empty")
-    if len(message) > limits.max_message_chars:
+    if len(message) > max_chars:
         raise InvalidArgument(
             "message",
-            f"has {len(message)} characters; at most {limits.max_message_chars} are allowed",
+            f"has {len(message)} characters; at most {max_chars} are allowed",
         )
     if "\x00" in message:
         raise InvalidArgument("message", "contains a NUL character")
@@ -72,11 +66,17 @@ def check_request_id(request_id: str) -> None:
 
 
 def check_turn(
-    *, user_id: str, message: str, language: str, timezone: str, request_id: str, limits: Limits
+    *,
+    user_id: str,
+    message: str,
+    language: str,
+    timezone: str,
+    request_id: str,
+    max_message_chars: int,
 ) -> None:
     """Raises InvalidArgument for the first bad field, in the order a caller would fix them."""
     check_user_id(user_id)
-    check_message(message, limits)
+    check_message(message, max_message_chars)
     check_language(language)
     check_timezone(timezone)
     check_request_id(request_id)
