@@ -4,12 +4,27 @@ import time
 
 import pytest
 
-from services.tools.gazetteer import ALIASES, MAX_NAME_LENGTH, Gazetteer, Place, normalize_name
+from services.common.gazetteer import (
+    ALIASES,
+    MAX_NAME_LENGTH,
+    Gazetteer,
+    Place,
+    UnknownPlace,
+    load_gazetteer,
+    normalize_name,
+    zone_city,
+)
 
 
 @pytest.fixture(scope="module")
 def gazetteer() -> Gazetteer:
-    return Gazetteer.load()
+    return load_gazetteer()
+
+
+@pytest.fixture(scope="module")
+def bare() -> Gazetteer:
+    """The data without the aliases, but for one that contradicts the data."""
+    return Gazetteer.load(aliases={"Paris": ("Tokyo", "JP")})
 
 
 @pytest.mark.parametrize(
@@ -146,14 +161,12 @@ def test_each_alias_resolves_to_its_target(
     assert (place.name, place.country_code) == target
 
 
-def test_every_alias_fills_a_gap_in_the_data() -> None:
+def test_every_alias_fills_a_gap_in_the_data(bare: Gazetteer) -> None:
     # If geonames gains one of these names, the alias is dead weight (or, worse, disagrees).
-    bare = Gazetteer.load(aliases={})
     assert {alias: bare.find(alias) for alias in ALIASES} == dict.fromkeys(ALIASES)
 
 
-def test_alias_never_overrides_the_data() -> None:
-    bare = Gazetteer.load(aliases={"Paris": ("Tokyo", "JP")})
+def test_alias_never_overrides_the_data(bare: Gazetteer) -> None:
     paris = bare.find("Paris")
     assert paris is not None
     assert paris.country_code == "FR"
@@ -188,3 +201,83 @@ def test_gazetteer_from_a_mapping() -> None:
     assert len(small) == 1
     assert small.find("TESTVILLE") is place
     assert small.find("Testville City") is place
+
+
+def test_the_process_shares_one_index_per_threshold(gazetteer: Gazetteer) -> None:
+    started = time.perf_counter()
+    assert load_gazetteer() is gazetteer
+    assert load_gazetteer(15000) is gazetteer
+    assert time.perf_counter() - started < 0.01  # not indexed again (that takes over a second)
+
+
+@pytest.mark.parametrize(
+    ("zone", "city"),
+    [
+        ("Asia/Tokyo", "Tokyo"),
+        ("asia/tokyo", "Tokyo"),
+        (" Asia/Seoul ", "Seoul"),
+        ("Europe/London", "London"),
+        ("America/New_York", "New York City"),
+        ("America/Argentina/Buenos_Aires", "Buenos Aires"),
+        ("America/Indiana/Indianapolis", "Indianapolis"),
+        ("Asia/Kolkata", "Kolkata"),
+        # Old names some browsers still report: links to the zone geonames gives the city.
+        ("Asia/Calcutta", "Kolkata"),
+        ("America/Buenos_Aires", "Buenos Aires"),
+        ("Asia/Saigon", "Ho Chi Minh City"),
+        ("Europe/Kiev", "Kyiv"),
+    ],
+)
+def test_zone_city_is_the_city_a_zone_is_named_after(
+    gazetteer: Gazetteer, zone: str, city: str
+) -> None:
+    assert zone_city(zone, gazetteer) == city
+
+
+@pytest.mark.parametrize(
+    "zone",
+    [
+        "UTC",
+        "Etc/UTC",
+        "Etc/GMT+9",
+        "GMT",
+        "Japan",
+        # Named after a country or a rule: "Pacific" and "Central" are also towns in geonames.
+        "US/Pacific",
+        "US/Central",
+        "Canada/Pacific",
+        # Named after a region, or a city only known elsewhere (San Luis, Argentina is not São
+        # Luís, Brazil; Costa Rica is a town in Brazil too).
+        "America/Costa_Rica",
+        "America/Argentina/San_Luis",
+        "America/Indiana/Petersburg",
+        "Pacific/Norfolk",
+        # Not zones at all.
+        "",
+        "Mars/Olympus",
+        "../../etc/passwd",
+        "Asia/" + "x" * 1000,
+    ],
+)
+def test_zone_city_is_empty_for_zones_named_after_no_city_the_gazetteer_puts_there(
+    gazetteer: Gazetteer, zone: str
+) -> None:
+    assert zone_city(zone, gazetteer) == ""
+
+
+def test_zone_city_of_every_zone_is_a_city_in_that_zone(gazetteer: Gazetteer) -> None:
+    import zoneinfo
+
+    found = {zone: zone_city(zone, gazetteer) for zone in zoneinfo.available_timezones()}
+    named = {zone: city for zone, city in found.items() if city}
+    assert len(named) > 250
+    for zone, city in named.items():
+        place = gazetteer.find(city)
+        assert place is not None, (zone, city)
+
+
+def test_unknown_place_names_the_place() -> None:
+    error = UnknownPlace("Qwxzville")
+    assert isinstance(error, LookupError)
+    assert (str(error), error.place) == ("unknown place 'Qwxzville'", "Qwxzville")
+    assert len(str(UnknownPlace("x" * 10_000))) < 100

@@ -5,15 +5,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from services.tools.gazetteer import Gazetteer, Place, normalize_name
-from services.tools.timeinfo import (
-    LocalTime,
-    UnknownPlace,
-    UnknownTimezone,
-    get_time,
-    local_time,
-    resolve_zone,
-)
+from services.common.gazetteer import Gazetteer, Place, UnknownPlace, load_gazetteer, normalize_name
+from services.common.timezones import UnknownTimezone, resolve_zone
+from services.tools.timeinfo import LocalTime, get_time, local_time
 
 WINTER = datetime(2026, 1, 15, 17, 0, 0, tzinfo=UTC)
 SUMMER = datetime(2026, 7, 15, 17, 0, 0, tzinfo=UTC)
@@ -22,7 +16,7 @@ TOKYO_MORNING = datetime(2026, 11, 26, 0, 30, 0, 123456, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def gazetteer() -> Gazetteer:
-    return Gazetteer.load()
+    return load_gazetteer()
 
 
 def test_tokyo() -> None:

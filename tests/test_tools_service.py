@@ -205,6 +205,26 @@ def test_weather_geocodes_places_the_gazetteer_lacks(
     assert "Nowhere Town" in details
 
 
+def test_weather_and_time_for_a_made_up_place_are_not_found_and_ask_the_geocoder_once(
+    stub: tools_pb2_grpc.ToolServiceStub, upstream: FakeOpenMeteo
+) -> None:
+    upstream.geocode = {}
+    weather = tools_pb2.GetWeatherRequest(place="Zyxwvuton")
+    futures = [stub.GetWeather.future(weather, timeout=5) for _ in range(20)]
+    for future in futures:
+        with pytest.raises(grpc.RpcError) as info:
+            future.result()
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert info.value.details() == "unknown place 'Zyxwvuton'"
+    for _ in range(20):
+        code, details = code_of(lambda: stub.GetWeather(weather, timeout=5))
+        assert (code, details) == (grpc.StatusCode.NOT_FOUND, "unknown place 'Zyxwvuton'")
+    assert len(upstream.calls("/v1/search")) == 1
+    # The time tool says the same about a place it does not know.
+    code, details = code_of(lambda: stub.GetTime(tools_pb2.GetTimeRequest(place="Zyxwvuton")))
+    assert (code, details) == (grpc.StatusCode.NOT_FOUND, "unknown place 'Zyxwvuton'")
+
+
 def test_weather_upstream_error_is_unavailable(
     stub: tools_pb2_grpc.ToolServiceStub, upstream: FakeOpenMeteo
 ) -> None:

@@ -40,6 +40,7 @@ async def setup(host: server.ServiceHost, settings: ToolSettings) -> None:
         geocoding_url=settings.open_meteo_geocoding_url,
         forecast_url=settings.open_meteo_forecast_url,
         cache_ttl_seconds=settings.weather_cache_ttl_seconds,
+        timeout_seconds=settings.weather_timeout_seconds,
     )
     servicer = ToolServicer(settings, weather)
     tools_pb2_grpc.add_ToolServiceServicer_to_server(servicer, host.server)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -15,42 +13,30 @@ import grpc
 import grpc.aio
 
 from chatagent.v1 import tools_pb2, tools_pb2_grpc
-from services.common.channels import DeadlineExhausted, call_timeout
+from services.common.deadline import Deadline, DeadlineExhausted
+from services.common.gazetteer import Gazetteer, UnknownPlace, load_gazetteer
 from services.common.language import base_language
-from services.common.status import abort
+from services.common.status import StatusTable, abort
 from services.common.timezones import resolve_zone
 from services.common.validation import check_user_id
 from services.tools.calculator import calculate
 from services.tools.config import ToolSettings
 from services.tools.fortune import draw_fortune
-from services.tools.gazetteer import Gazetteer
-from services.tools.timeinfo import UnknownPlace, get_time
-from services.tools.weather import PlaceNotFound, WeatherClient, WeatherUnavailable
+from services.tools.timeinfo import get_time
+from services.tools.weather import WeatherClient, WeatherUnavailable
 
 logger = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-
 # The tool modules' errors and what a caller is told; the message is the error's own. Every
 # argument error (CalculationError, UnknownTimezone, bad lengths) is a ValueError.
-_STATUS_FOR: Final[tuple[tuple[type[Exception], grpc.StatusCode], ...]] = (
+TABLE: Final = StatusTable(
     (UnknownPlace, grpc.StatusCode.NOT_FOUND),
-    (PlaceNotFound, grpc.StatusCode.NOT_FOUND),
     (WeatherUnavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExhausted, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )
-
-
-@asynccontextmanager
-async def _statuses(context: Context) -> AsyncIterator[None]:
-    """Turn the tool modules' documented errors into the matching gRPC status."""
-    try:
-        yield
-    except tuple(error for error, _ in _STATUS_FOR) as exc:
-        code = next(code for error, code in _STATUS_FOR if isinstance(exc, error))
-        await abort(context, code, str(exc))
 
 
 class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
@@ -60,10 +46,10 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
         self._gazetteer: Gazetteer | None = None
 
     async def load_places(self) -> None:
-        """Index the offline gazetteer once, off the event loop (it takes about a second)."""
+        """Index the offline gazetteer once, off the event loop (it takes over a second)."""
         if self._gazetteer is None:
             self._gazetteer = await asyncio.to_thread(
-                Gazetteer.load, self._settings.gazetteer_min_population
+                load_gazetteer, self._settings.gazetteer_min_population
             )
             logger.info("gazetteer indexed", extra={"names": len(self._gazetteer)})
 
@@ -76,7 +62,7 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
         self, request: tools_pb2.GetTimeRequest, context: Context
     ) -> tools_pb2.GetTimeResponse:
         gazetteer = await self._places(context)
-        async with _statuses(context):
+        async with TABLE.translating(context):
             found = get_time(
                 gazetteer,
                 place=request.place,
@@ -91,15 +77,17 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
     ) -> tools_pb2.GetWeatherResponse:
         gazetteer = await self._places(context)
         language = base_language(request.language, self._settings.default_language)
-        async with _statuses(context):
-            timeout = call_timeout(context, self._settings.weather_timeout_seconds)
-            found = await self._weather.weather(gazetteer, request.place, language, timeout)
+        deadline = Deadline.from_context(
+            context, default_seconds=self._settings.weather_timeout_seconds
+        )
+        async with TABLE.translating(context):
+            found = await self._weather.weather(gazetteer, request.place, language, deadline)
         return tools_pb2.GetWeatherResponse(**asdict(found))
 
     async def GetFortune(
         self, request: tools_pb2.GetFortuneRequest, context: Context
     ) -> tools_pb2.GetFortuneResponse:
-        async with _statuses(context):
+        async with TABLE.translating(context):
             check_user_id(request.user_id)
             zone = resolve_zone(request.timezone or self._settings.default_timezone)
         fortune = draw_fortune(
@@ -112,6 +100,6 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
     async def Calculate(
         self, request: tools_pb2.CalculateRequest, context: Context
     ) -> tools_pb2.CalculateResponse:
-        async with _statuses(context):
+        async with TABLE.translating(context):
             result = calculate(request.expression)
         return tools_pb2.CalculateResponse(**asdict(result))

@@ -6,19 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from services.common.text import quoted
-from services.common.timezones import UnknownTimezone, format_offset, resolve_zone
-from services.tools.gazetteer import Gazetteer, Place, check_place
-
-__all__ = ["LocalTime", "UnknownPlace", "UnknownTimezone", "get_time", "local_time", "resolve_zone"]
+from services.common.gazetteer import Gazetteer, Place, UnknownPlace, check_place
+from services.common.timezones import format_offset, resolve_zone
 
 _WEEKDAYS: Final = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-
-
-class UnknownPlace(LookupError):
-    def __init__(self, place: str) -> None:
-        super().__init__(f"unknown place {quoted(place)}")
-        self.place = place
 
 
 @dataclass(frozen=True, slots=True)

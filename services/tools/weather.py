@@ -1,40 +1,45 @@
 """Weather from Open-Meteo (no API key): geocoding for places the gazetteer lacks, then the
 forecast, cached per place for ten minutes.
 
-Every upstream exchange runs under one overall time budget; a slow, failing or garbled upstream
-becomes `WeatherUnavailable` within it, never a hang.
+Geocoding answers are cached too: a place for a day, a name the geocoder does not know for an
+hour, so a flood of requests for a made-up place asks the upstream once. Requests that arrive
+while the same question is already out share that one exchange instead of asking again.
+
+Each request waits within its own `Deadline`; a slow, failing or garbled upstream becomes
+`WeatherUnavailable` within it, never a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import logging
-import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import httpx
 
 from services.common.cache import Cache
+from services.common.deadline import Deadline
+from services.common.gazetteer import Gazetteer, Place, UnknownPlace, check_place
 from services.common.language import Language
 from services.common.timezones import format_offset
-from services.tools.gazetteer import Gazetteer, Place, check_place
-
-logger = logging.getLogger(__name__)
 
 CACHE_TTL_SECONDS: Final = 600.0
 # A place's coordinates do not move; a geocoding answer is kept for a day.
 GEOCODE_TTL_SECONDS: Final = 86_400.0
+# A name the geocoder does not know may be a place it learns later; an hour is long enough that
+# asking again and again for it costs the upstream nothing.
+GEOCODE_MISS_TTL_SECONDS: Final = 3_600.0
+# The bound of one upstream exchange when the caller's deadline does not set a shorter one.
+TIMEOUT_SECONDS: Final = 5.0
 
 _CURRENT_FIELDS: Final = (
     "temperature_2m,apparent_temperature,relative_humidity_2m,wind_speed_10m,weather_code"
 )
 _DAILY_FIELDS: Final = "temperature_2m_max,temperature_2m_min,precipitation_probability_max"
-
-
-class PlaceNotFound(LookupError):
-    """Neither the gazetteer nor the geocoder knows the place."""
+_NO_RESULTS: Final = b'{"results":[]}'
 
 
 class WeatherUnavailable(Exception):
@@ -59,6 +64,22 @@ class Weather:
     precipitation_probability_percent: float
     observed_at: str
     from_cache: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Forecast:
+    """A forecast as read from Open-Meteo, before it is told in a language."""
+
+    timezone: str
+    temperature_c: float
+    apparent_temperature_c: float
+    relative_humidity_percent: float
+    wind_speed_kmh: float
+    weather_code: int
+    today_max_c: float
+    today_min_c: float
+    precipitation_probability_percent: float
+    observed_at: str
 
 
 # WMO weather interpretation codes, as Open-Meteo documents them.
@@ -111,82 +132,82 @@ class WeatherClient:
         geocoding_url: str,
         forecast_url: str,
         cache_ttl_seconds: float = CACHE_TTL_SECONDS,
+        timeout_seconds: float = TIMEOUT_SECONDS,
     ) -> None:
         self._http = http
         self._cache = cache
         self._geocoding_url = geocoding_url
         self._forecast_url = forecast_url
         self._ttl = cache_ttl_seconds
+        self._timeout = timeout_seconds
+        self._geocodes: _Shared[Place | None] = _Shared()
+        self._forecasts: _Shared[_Forecast] = _Shared()
 
     async def weather(
-        self, gazetteer: Gazetteer, place: str, language: Language, timeout_seconds: float
+        self, gazetteer: Gazetteer, place: str, language: Language, deadline: Deadline
     ) -> Weather:
-        """The weather at `place`; raises ValueError, PlaceNotFound or WeatherUnavailable."""
+        """The weather at `place`, known before `deadline` passes. Raises ValueError for a
+        missing or over-long name, UnknownPlace, WeatherUnavailable, and DeadlineExhausted when
+        the deadline leaves no time to ask."""
         name = check_place(place)
         if not name:
             raise ValueError("place is required")
-        deadline = time.monotonic() + timeout_seconds
         found = gazetteer.find(name) or await self._geocode(name, deadline)
         key = f"forecast:{found.latitude:.2f},{found.longitude:.2f}"
-        cached = await self._cache.get(key)
-        if cached is not None:
-            return self._weather(found, json.loads(cached), language, from_cache=True)
-        params = {
-            "latitude": f"{found.latitude:.4f}",
-            "longitude": f"{found.longitude:.4f}",
-            "current": _CURRENT_FIELDS,
-            "daily": _DAILY_FIELDS,
-            "timezone": found.timezone or "auto",
-            "forecast_days": "1",
-        }
-        forecast = await self._get_json(self._forecast_url, params, deadline)
-        weather = self._weather(found, forecast, language, from_cache=False)
-        await self._cache.set(key, json.dumps(forecast).encode(), self._ttl)
-        return weather
+        cached = _decode(await self._cache.get(key))
+        forecast = _parse_forecast(cached) if cached is not None else None
+        if forecast is None:
+            fetch = functools.partial(self._fetch_forecast, found, key)
+            return _weather(found, await self._forecasts.wait(key, fetch, deadline), language)
+        return _weather(found, forecast, language, from_cache=True)
 
-    async def _geocode(self, name: str, deadline: float) -> Place:
+    async def _geocode(self, name: str, deadline: Deadline) -> Place:
         key = "geocode:" + name.casefold()
-        cached = await self._cache.get(key)
-        answer = (
-            json.loads(cached)
-            if cached is not None
-            else await self._get_json(
-                self._geocoding_url,
-                {"name": name, "count": "1", "language": "en", "format": "json"},
-                deadline,
-            )
-        )
-        results = answer.get("results") if isinstance(answer, dict) else None
-        if not results:
-            raise PlaceNotFound(f"unknown place {name!r}")
-        try:
-            first = results[0]
-            place = Place(
-                name=str(first["name"]),
-                country_code=str(first.get("country_code", "")),
-                latitude=float(first["latitude"]),
-                longitude=float(first["longitude"]),
-                timezone=str(first.get("timezone", "")),
-                population=int(first.get("population") or 0),
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise WeatherUnavailable("the geocoder answered in an unexpected shape") from exc
-        if cached is None:
+        cached = _decode(await self._cache.get(key))
+        if cached is not None:
+            place = _parse_geocode(cached)
+        else:
+            fetch = functools.partial(self._fetch_geocode, name, key)
+            place = await self._geocodes.wait(key, fetch, deadline)
+        if place is None:
+            raise UnknownPlace(name)
+        return place
+
+    async def _fetch_geocode(self, name: str, key: str) -> Place | None:
+        params = {"name": name, "count": "1", "language": "en", "format": "json"}
+        answer = await self._get_json(self._geocoding_url, params)
+        place = _parse_geocode(answer)  # before caching: a garbled answer is not kept
+        if place is None:
+            await self._cache.set(key, _NO_RESULTS, GEOCODE_MISS_TTL_SECONDS)
+        else:
             await self._cache.set(key, json.dumps(answer).encode(), GEOCODE_TTL_SECONDS)
         return place
 
-    async def _get_json(self, url: str, params: dict[str, str], deadline: float) -> Any:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise WeatherUnavailable("no time left to ask the weather service")
+    async def _fetch_forecast(self, place: Place, key: str) -> _Forecast:
+        params = {
+            "latitude": f"{place.latitude:.4f}",
+            "longitude": f"{place.longitude:.4f}",
+            "current": _CURRENT_FIELDS,
+            "daily": _DAILY_FIELDS,
+            "timezone": place.timezone or "auto",
+            "forecast_days": "1",
+        }
+        answer = await self._get_json(self._forecast_url, params)
+        forecast = _parse_forecast(answer)
+        if forecast is None:
+            raise WeatherUnavailable("the weather service answered in an unexpected shape")
+        await self._cache.set(key, json.dumps(answer).encode(), self._ttl)
+        return forecast
+
+    async def _get_json(self, url: str, params: dict[str, str]) -> Any:
         try:
             # httpx's timeout bounds each phase; asyncio.timeout bounds the whole exchange, so
             # a server that trickles its answer cannot stretch it.
-            async with asyncio.timeout(remaining):
-                response = await self._http.get(url, params=params, timeout=remaining)
-        except TimeoutError as exc:
+            async with asyncio.timeout(self._timeout):
+                response = await self._http.get(url, params=params, timeout=self._timeout)
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise WeatherUnavailable(
-                f"the weather service did not answer within {remaining:.1f}s"
+                f"the weather service did not answer within {self._timeout:.1f}s"
             ) from exc
         except httpx.HTTPError as exc:
             raise WeatherUnavailable(
@@ -199,32 +220,134 @@ class WeatherClient:
         except ValueError as exc:
             raise WeatherUnavailable("the weather service answered with invalid JSON") from exc
 
-    @staticmethod
-    def _weather(place: Place, forecast: Any, language: Language, *, from_cache: bool) -> Weather:
+
+_T = TypeVar("_T")
+
+
+@dataclass(slots=True)
+class _Exchange(Generic[_T]):
+    task: asyncio.Task[_T]
+    waiters: int = 0
+
+
+class _Shared(Generic[_T]):
+    """One upstream exchange per key at a time, shared by every request that waits for it.
+
+    The exchange runs under its own bound, not under the deadline of the request that started
+    it, so a caller in a hurry does not fail the others; each request waits only within its own
+    deadline, and the exchange is cancelled when nobody waits for it any more.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[str, _Exchange[_T]] = {}
+
+    async def wait(
+        self, key: str, fetch: Callable[[], Coroutine[Any, Any, _T]], deadline: Deadline
+    ) -> _T:
+        seconds = deadline.budget(margin=0.0).require()
+        exchange = self._running.get(key)
+        if exchange is None:
+            exchange = _Exchange(asyncio.create_task(fetch()))
+            self._running[key] = exchange
+            exchange.task.add_done_callback(functools.partial(self._forget, key, exchange))
+        exchange.waiters += 1
         try:
-            current = forecast["current"]
-            daily = forecast["daily"]
-            code = int(current["weather_code"])
-            offset = int(forecast.get("utc_offset_seconds", 0))
-            return Weather(
-                place=place.name,
-                country_code=place.country_code,
-                latitude=place.latitude,
-                longitude=place.longitude,
-                timezone=str(forecast.get("timezone") or place.timezone),
-                temperature_c=float(current["temperature_2m"]),
-                apparent_temperature_c=float(current["apparent_temperature"]),
-                relative_humidity_percent=float(current["relative_humidity_2m"]),
-                wind_speed_kmh=float(current["wind_speed_10m"]),
-                weather_code=code,
-                description=describe(code, language),
-                today_max_c=float(daily["temperature_2m_max"][0]),
-                today_min_c=float(daily["temperature_2m_min"][0]),
-                precipitation_probability_percent=float(
-                    daily["precipitation_probability_max"][0] or 0
-                ),
-                observed_at=f"{current['time']}:00{format_offset(offset)}",
-                from_cache=from_cache,
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise WeatherUnavailable("the weather service answered in an unexpected shape") from exc
+            async with asyncio.timeout(seconds):
+                return await asyncio.shield(exchange.task)
+        except TimeoutError as exc:
+            raise WeatherUnavailable(
+                f"the weather service did not answer within {seconds:.1f}s"
+            ) from exc
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if exchange.task.cancelled() and current is not None and not current.cancelling():
+                # The exchange was stopped, not this request: that is no cancel of the caller's.
+                raise WeatherUnavailable("the weather lookup was stopped") from None
+            raise
+        finally:
+            exchange.waiters -= 1
+            if exchange.waiters == 0 and not exchange.task.done():
+                exchange.task.cancel()
+                # At once, not when the task has wound down: a request arriving meanwhile
+                # starts afresh rather than joining an exchange that is being cancelled.
+                self._forget(key, exchange)
+
+    def _forget(self, key: str, exchange: _Exchange[_T], _task: object = None) -> None:
+        if self._running.get(key) is exchange:
+            del self._running[key]
+
+
+def _decode(cached: bytes | None) -> Any:
+    """A cached JSON answer; None for none, and for an entry that is not JSON (refetched)."""
+    if cached is None:
+        return None
+    try:
+        return json.loads(cached)
+    except ValueError:
+        return None
+
+
+def _parse_geocode(answer: Any) -> Place | None:
+    """The first place of a geocoding answer; None when the geocoder found nothing."""
+    if not isinstance(answer, dict):
+        raise WeatherUnavailable("the geocoder answered in an unexpected shape")
+    results = answer.get("results")
+    if not results:
+        return None
+    try:
+        first = results[0]
+        return Place(
+            name=str(first["name"]),
+            country_code=str(first.get("country_code", "")),
+            latitude=float(first["latitude"]),
+            longitude=float(first["longitude"]),
+            timezone=str(first.get("timezone", "")),
+            population=int(first.get("population") or 0),
+        )
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise WeatherUnavailable("the geocoder answered in an unexpected shape") from exc
+
+
+def _parse_forecast(answer: Any) -> _Forecast | None:
+    """The forecast in an Open-Meteo answer; None when the answer lacks its fields."""
+    try:
+        current = answer["current"]
+        daily = answer["daily"]
+        offset = int(answer.get("utc_offset_seconds", 0))
+        return _Forecast(
+            timezone=str(answer.get("timezone") or ""),
+            temperature_c=float(current["temperature_2m"]),
+            apparent_temperature_c=float(current["apparent_temperature"]),
+            relative_humidity_percent=float(current["relative_humidity_2m"]),
+            wind_speed_kmh=float(current["wind_speed_10m"]),
+            weather_code=int(current["weather_code"]),
+            today_max_c=float(daily["temperature_2m_max"][0]),
+            today_min_c=float(daily["temperature_2m_min"][0]),
+            precipitation_probability_percent=float(daily["precipitation_probability_max"][0] or 0),
+            observed_at=f"{current['time']}:00{format_offset(offset)}",
+        )
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _weather(
+    place: Place, forecast: _Forecast, language: Language, *, from_cache: bool = False
+) -> Weather:
+    return Weather(
+        place=place.name,
+        country_code=place.country_code,
+        latitude=place.latitude,
+        longitude=place.longitude,
+        timezone=forecast.timezone or place.timezone,
+        temperature_c=forecast.temperature_c,
+        apparent_temperature_c=forecast.apparent_temperature_c,
+        relative_humidity_percent=forecast.relative_humidity_percent,
+        wind_speed_kmh=forecast.wind_speed_kmh,
+        weather_code=forecast.weather_code,
+        description=describe(forecast.weather_code, language),
+        today_max_c=forecast.today_max_c,
+        today_min_c=forecast.today_min_c,
+        precipitation_probability_percent=forecast.precipitation_probability_percent,
+        observed_at=forecast.observed_at,
+        from_cache=from_cache,
+    )

