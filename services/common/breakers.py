@@ -1,20 +1,53 @@
-"""Circuit breakers (pybreaker) per dependency, with their state in Redis when configured so
-every replica sees the same open circuit, and exported as a metric.
+"""Circuit breakers per dependency that blame only the dependency, with their open/close
+transitions shared between replicas through Redis without any Redis I/O on the calling path.
 
-Used as `with breaker.calling(): await call()` — pybreaker's `call_async` never counts a failure.
-Cancellation is excluded: a caller that gave up says nothing about the dependency's health.
+Each `Breaker` wraps a local, in-memory pybreaker.CircuitBreaker: pybreaker's own state machine
+decides when to open, half-open and close. Used around one outbound call as
+
+    with breaker.calling(budget):
+        await stub.Method(request, timeout=budget.require())
+
+where `budget` is the `services.common.deadline.Budget` the call runs with. An exception counts
+as a failure of the dependency only when the dependency is to blame:
+
+* a caller error (the `is_caller_error` predicate: the dependency answered, the request was at
+  fault) counts as a success;
+* a cancellation (the caller gave up) and a timeout within a budget cut short by the caller's
+  deadline (the dependency did not get its own bound) count as nothing at all: they neither add a
+  failure nor reset the count, nor close a half-open circuit;
+* anything else counts: UNAVAILABLE, INTERNAL, 5xx, connection errors, a timeout at the
+  dependency's full configured bound.
+
+The exception always reaches the caller unchanged. An open circuit raises `CircuitOpen` without
+calling.
+
+A `BreakerBoard` makes the breakers of one process and, given an async Redis client, shares their
+transitions: a circuit opened or closed here is published (PUBLISH, plus a key that lives as long
+as the circuit stays open, so a replica that starts later sees it) by a background task, and a
+subscriber task applies the other replicas' transitions to the local breakers without publishing
+them again. When Redis is away the breakers keep working locally; the outage is logged once, the
+subscriber reconnects with backoff and catches up on circuits opened meanwhile. Half-open is not
+shared: each replica tries its own trial call when its reset timeout has passed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Generator
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
 from typing import Any, Final
 
+import grpc
 import pybreaker
-import redis
+import redis.asyncio as redis
 from prometheus_client import Gauge
+
+from services.common.deadline import Budget
 
 logger = logging.getLogger(__name__)
 
@@ -28,57 +61,438 @@ _STATE_VALUES: Final = {
     pybreaker.STATE_HALF_OPEN: 1,
     pybreaker.STATE_OPEN: 2,
 }
-# pybreaker's Redis storage is synchronous and runs on the event loop, so a Redis outage must
-# cost milliseconds per call, not the usual half second.
-_STORAGE_TIMEOUT_SECONDS: Final = 0.05
+_RETRY_MIN_SECONDS: Final = 0.1
+# Redis errors as redis-py raises them, and the socket errors beneath (TimeoutError included).
+_REDIS_ERRORS: Final = (redis.RedisError, OSError)
+
+ErrorPredicate = Callable[[BaseException], bool]
 
 
-class _StateMetric(pybreaker.CircuitBreakerListener):
-    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
-        logger.warning(
-            "circuit breaker changed state",
-            extra={
-                "dependency": cb.name,
-                "from": getattr(old_state, "name", ""),
-                "to": getattr(new_state, "name", ""),
-            },
-        )
+def _grpc_code(error: BaseException) -> grpc.StatusCode | None:
+    code = getattr(error, "code", None) if isinstance(error, grpc.RpcError) else None
+    return code() if callable(code) else None
 
 
-def make_breaker(
-    name: str,
-    *,
-    fail_max: int,
-    reset_seconds: float,
-    redis_url: str = "",
-    exclude: Iterable[type[BaseException] | Callable[[BaseException], bool]] = (),
-) -> pybreaker.CircuitBreaker:
-    """A breaker for dependency `name`; `exclude` lists errors that are not its fault."""
-    storage: pybreaker.CircuitBreakerStorage | None = None
-    if redis_url:
-        client = redis.Redis.from_url(
-            redis_url,
-            socket_timeout=_STORAGE_TIMEOUT_SECONDS,
-            socket_connect_timeout=_STORAGE_TIMEOUT_SECONDS,
-        )
+def is_deadline_exceeded(error: BaseException) -> bool:
+    """The default `is_timeout`: asyncio's and the builtin TimeoutError, and gRPC's
+    DEADLINE_EXCEEDED."""
+    return isinstance(error, TimeoutError) or _grpc_code(error) == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def grpc_codes(*codes: grpc.StatusCode) -> ErrorPredicate:
+    """A predicate for gRPC errors with one of `codes` (caller errors, say: INVALID_ARGUMENT,
+    NOT_FOUND)."""
+    wanted = frozenset(codes)
+
+    def matches(error: BaseException) -> bool:
+        return _grpc_code(error) in wanted
+
+    return matches
+
+
+def _never(error: BaseException) -> bool:
+    return False
+
+
+class CircuitOpen(pybreaker.CircuitBreakerError):
+    """The dependency's circuit is open: the call was not made."""
+
+    def __init__(self, dependency: str) -> None:
+        super().__init__(f"the circuit for {dependency} is open")
+        self.dependency = dependency
+
+
+class _Failed(Exception):
+    """What pybreaker is told when the dependency failed; the real error never passes through
+    pybreaker, so it reaches the caller exactly as it was raised."""
+
+
+class _Verdict:
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed = False
+
+
+def _outcome(verdict: _Verdict) -> Generator[None, None, None]:
+    # pybreaker admits a call whose function returns a generator (running its checks and
+    # transitions of admission) and records the call's outcome only when that generator is
+    # first resumed: a success when it ends, a failure when it raises. A call that says nothing
+    # about the dependency leaves it unresumed, and pybreaker records nothing.
+    if verdict.failed:
+        raise _Failed
+    return
+    yield  # pragma: no cover - makes this a generator
+
+
+def _settle(pending: Generator[None, None, None], verdict: _Verdict, *, failed: bool) -> None:
+    verdict.failed = failed
+    with contextlib.suppress(StopIteration, _Failed):
+        next(pending)
+
+
+class _Guard:
+    """The `with` block of one call: admitted on entry, its outcome judged on exit."""
+
+    __slots__ = ("_breaker", "_budget", "_pending", "_verdict")
+
+    def __init__(self, breaker: Breaker, budget: Budget) -> None:
+        self._breaker = breaker
+        self._budget = budget
+        self._verdict = _Verdict()
+        self._pending: Generator[None, None, None] | None = None
+
+    def __enter__(self) -> None:
         try:
-            storage = pybreaker.CircuitRedisStorage(
-                pybreaker.STATE_CLOSED, client, namespace=f"chatagent:breaker:{name}"
-            )
-        except redis.RedisError as exc:
-            # The breaker still protects this replica; it just does not share its state.
+            self._pending = self._breaker._circuit.call(_outcome, self._verdict)
+        except pybreaker.CircuitBreakerError:
+            raise CircuitOpen(self._breaker.name) from None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        assert self._pending is not None
+        if error is None:
+            _settle(self._pending, self._verdict, failed=False)
+            return
+        blamed = self._breaker._blame(error, self._budget)
+        if blamed is not None:
+            _settle(self._pending, self._verdict, failed=blamed)
+        # Returning None: the error propagates to the caller as it was.
+
+
+class _Transitions(pybreaker.CircuitBreakerListener):
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        old = old_state.name if old_state is not None else pybreaker.STATE_CLOSED
+        self._breaker._changed(old, new_state.name)
+
+
+class Breaker:
+    """The circuit breaker of one dependency (see the module's docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        fail_max: int,
+        reset_seconds: float,
+        is_timeout: ErrorPredicate = is_deadline_exceeded,
+        is_caller_error: ErrorPredicate = _never,
+    ) -> None:
+        """`fail_max` failures in a row open the circuit for `reset_seconds`; `is_timeout` says
+        which errors are timeouts, `is_caller_error` which are the caller's fault."""
+        self.name = name
+        self._is_timeout = is_timeout
+        self._is_caller_error = is_caller_error
+        self._storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        self._circuit = pybreaker.CircuitBreaker(
+            fail_max=fail_max,
+            reset_timeout=reset_seconds,
+            state_storage=self._storage,
+            listeners=[_Transitions(self)],
+            name=name,
+            # Let the dependency's own error reach the caller when it trips the circuit.
+            throw_new_error_on_trip=False,
+        )
+        self._adopting = False
+        self._adopted_remaining = 0.0
+        # Set by a BreakerBoard that shares this breaker's transitions.
+        self._share: Callable[[Breaker, str], None] | None = None
+        BREAKER_STATE.labels(name).set(0)
+
+    @property
+    def state(self) -> str:
+        """pybreaker's state name: "closed", "open" or "half-open"."""
+        return self._circuit.current_state
+
+    @property
+    def reset_seconds(self) -> float:
+        return self._circuit.reset_timeout
+
+    def calling(self, budget: Budget) -> _Guard:
+        """A `with` block around one call made with `budget`; raises CircuitOpen when open."""
+        return _Guard(self, budget)
+
+    def open_remaining(self) -> float:
+        """Seconds until an open circuit lets a trial call through; 0 when not open."""
+        opened_at = self._storage.opened_at
+        if self.state != pybreaker.STATE_OPEN or opened_at is None:
+            return 0.0
+        elapsed = (datetime.now(UTC) - opened_at).total_seconds()
+        return max(0.0, self.reset_seconds - elapsed)
+
+    def _blame(self, error: BaseException, budget: Budget) -> bool | None:
+        """True: the dependency failed; False: it answered; None: the call says nothing."""
+        if isinstance(error, asyncio.CancelledError):
+            return None
+        if self._is_caller_error(error):
+            return False
+        if self._is_timeout(error):
+            return None if budget.cut_short else True
+        # KeyboardInterrupt, SystemExit, GeneratorExit: nothing the dependency did.
+        return isinstance(error, Exception)
+
+    def _changed(self, old: str, new: str) -> None:
+        if old == new:
+            return  # a late failure re-tripping an open circuit: not a transition
+        BREAKER_STATE.labels(self.name).set(_STATE_VALUES[new])
+        source = "another replica" if self._adopting else "this replica"
+        fields = {"dependency": self.name, "from": old, "to": new, "decided_by": source}
+        if new == pybreaker.STATE_OPEN:
+            open_for = self._adopted_remaining if self._adopting else self.reset_seconds
             logger.warning(
-                "breaker state kept in-process: Redis unreachable",
-                extra={"dependency": name, "error": repr(exc)},
+                "circuit breaker opened: calls fail fast",
+                extra={**fields, "open_for_s": round(open_for, 3)},
             )
-    breaker = pybreaker.CircuitBreaker(
-        fail_max=fail_max,
-        reset_timeout=reset_seconds,
-        exclude=[asyncio.CancelledError, *exclude],
-        listeners=[_StateMetric()],
-        state_storage=storage,
-        name=name,
-    )
-    # Read at scrape time: with shared storage another replica may have opened the circuit.
-    BREAKER_STATE.labels(name).set_function(lambda: _STATE_VALUES.get(breaker.current_state, 0))
-    return breaker
+        elif new == pybreaker.STATE_HALF_OPEN:
+            logger.info("circuit breaker half-open: trying the dependency again", extra=fields)
+        else:
+            logger.info("circuit breaker closed", extra=fields)
+        if self._share is not None and not self._adopting and new != pybreaker.STATE_HALF_OPEN:
+            self._share(self, new)
+
+    def _adopt(self, state: str, remaining_seconds: float = 0.0) -> None:
+        """Apply another replica's transition: open for `remaining_seconds`, or closed."""
+        if state == self.state:
+            return
+        self._adopting = True
+        self._adopted_remaining = remaining_seconds
+        try:
+            if state == pybreaker.STATE_OPEN:
+                self._circuit.open()
+                # Opened there `reset_seconds - remaining_seconds` ago: it stays open here for
+                # what is left of that, not for a whole new reset period.
+                elapsed = max(0.0, self.reset_seconds - remaining_seconds)
+                self._storage.opened_at = datetime.now(UTC) - timedelta(seconds=elapsed)
+            elif state == pybreaker.STATE_CLOSED:
+                self._circuit.close()
+        finally:
+            self._adopting = False
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Outage:
+    """One log line when an outage begins and one when it ends, however long it lasts."""
+
+    def __init__(self, began: str, ended: str) -> None:
+        self._began = began
+        self._ended = ended
+        self._active = False
+
+    def began(self, error: Exception) -> None:
+        if self._active:
+            return
+        self._active = True
+        # An error other than Redis's own is a bug: log its traceback.
+        unexpected = not isinstance(error, _REDIS_ERRORS)
+        logger.warning(self._began, extra={"error": repr(error)}, exc_info=unexpected)
+
+    def ended(self) -> None:
+        if self._active:
+            self._active = False
+            logger.info(self._ended)
+
+
+class BreakerBoard:
+    """The breakers of one process, their transitions shared through `client` when given.
+
+    Make the breakers with `breaker()`, then `await start()`; `await aclose()` at shutdown (the
+    client stays open: whoever created it closes it). Without a client the breakers are local.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | None = None,
+        *,
+        prefix: str = "chatagent:breaker",
+        retry_max_seconds: float = 2.0,
+        sync_timeout_seconds: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._channel = f"{prefix}:transitions"
+        self._retry_max = retry_max_seconds
+        self._sync_timeout = sync_timeout_seconds
+        self._origin = uuid.uuid4().hex
+        self._breakers: dict[str, Breaker] = {}
+        self._pending: dict[str, str] = {}
+        self._dirty = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    def breaker(
+        self,
+        name: str,
+        *,
+        fail_max: int,
+        reset_seconds: float,
+        is_timeout: ErrorPredicate = is_deadline_exceeded,
+        is_caller_error: ErrorPredicate = _never,
+    ) -> Breaker:
+        """The breaker of dependency `name` (one per name; made before `start()`)."""
+        if self._started:
+            raise RuntimeError("make the breakers before starting the board")
+        if name in self._breakers:
+            raise ValueError(f"there is already a breaker for {name}")
+        made = Breaker(
+            name,
+            fail_max=fail_max,
+            reset_seconds=reset_seconds,
+            is_timeout=is_timeout,
+            is_caller_error=is_caller_error,
+        )
+        if self._client is not None:
+            made._share = self._queue
+        self._breakers[name] = made
+        return made
+
+    def __getitem__(self, name: str) -> Breaker:
+        return self._breakers[name]
+
+    async def start(self) -> None:
+        """Start sharing; waits (at most `sync_timeout_seconds`) to learn the circuits other
+        replicas have open. Never fails because of Redis."""
+        if self._started:
+            return
+        self._started = True
+        if self._client is None:
+            return
+        self._tasks = [
+            asyncio.create_task(self._subscribe(self._client), name="breaker subscriber"),
+            asyncio.create_task(self._publish(self._client), name="breaker publisher"),
+        ]
+        try:
+            async with asyncio.timeout(self._sync_timeout):
+                await self._synced.wait()
+        except TimeoutError:
+            pass
+
+    async def aclose(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _key(self, name: str) -> str:
+        return f"{self._prefix}:{name}:open"
+
+    def _queue(self, breaker: Breaker, state: str) -> None:
+        # Called inside pybreaker's transition, on the calling path: no I/O here, only a note
+        # for the publisher. The latest transition of a breaker wins.
+        self._pending[breaker.name] = state
+        self._dirty.set()
+
+    async def _publish(self, client: redis.Redis) -> None:
+        outage = _Outage(
+            "breaker transitions not shared: Redis unreachable; retrying",
+            "breaker transitions shared again",
+        )
+        delay = _RETRY_MIN_SECONDS
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            batch, self._pending = self._pending, {}
+            try:
+                await self._send(client, batch)
+            except Exception as exc:
+                outage.began(exc)
+                for name, state in batch.items():
+                    self._pending.setdefault(name, state)  # unless a newer one is queued
+                self._dirty.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            outage.ended()
+            delay = _RETRY_MIN_SECONDS
+
+    async def _send(self, client: redis.Redis, batch: dict[str, str]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for name, state in batch.items():
+            breaker = self._breakers[name]
+            if breaker.state != state:
+                continue  # superseded since: its own transition is queued, or another replica's
+            message: dict[str, Any] = {"origin": self._origin, "dependency": name, "state": state}
+            if state == pybreaker.STATE_OPEN:
+                remaining_ms = int(breaker.open_remaining() * 1000)
+                if remaining_ms <= 0:
+                    continue  # it opened so long ago (Redis was away) that it is over
+                message["remaining_ms"] = remaining_ms
+                pipe.set(self._key(name), self._origin, px=remaining_ms)
+            else:
+                pipe.delete(self._key(name))
+            pipe.publish(self._channel, json.dumps(message))
+        if len(pipe):
+            await pipe.execute()
+
+    async def _subscribe(self, client: redis.Redis) -> None:
+        outage = _Outage(
+            "breaker transitions of other replicas not received: Redis unreachable; reconnecting",
+            "breaker transitions of other replicas received again",
+        )
+        delay = _RETRY_MIN_SECONDS
+        while True:
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                # Subscribed first, then read what is open: no transition falls in between.
+                await self._catch_up(client)
+                self._synced.set()
+                outage.ended()
+                delay = _RETRY_MIN_SECONDS
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if message is not None and message.get("type") == "message":
+                        self._receive(message["data"])
+            except Exception as exc:
+                outage.began(exc)
+                self._synced.set()  # start() does not wait out an outage
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._retry_max)
+
+    async def _catch_up(self, client: redis.Redis) -> None:
+        """Open the breakers whose circuit another replica opened while we were not listening.
+        A close missed meanwhile is not caught up: the breaker then closes by its own trial."""
+        names = list(self._breakers)
+        if not names:
+            return
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.get(self._key(name))
+            pipe.pttl(self._key(name))
+        replies = await pipe.execute()
+        for index, name in enumerate(names):
+            origin, ttl_ms = replies[2 * index], replies[2 * index + 1]
+            if origin is None or _text(origin) == self._origin:
+                continue  # closed, or our own open (our breaker knows better than our old key)
+            if isinstance(ttl_ms, int) and ttl_ms > 0:
+                self._breakers[name]._adopt(pybreaker.STATE_OPEN, ttl_ms / 1000)
+
+    def _receive(self, data: bytes | str) -> None:
+        try:
+            message = json.loads(data)
+            origin, name, state = message["origin"], message["dependency"], message["state"]
+            remaining = float(message.get("remaining_ms", 0)) / 1000
+        except (ValueError, TypeError, KeyError):
+            logger.warning("unreadable breaker transition ignored")
+            return
+        if origin == self._origin or name not in self._breakers:
+            return
+        if state in (pybreaker.STATE_OPEN, pybreaker.STATE_CLOSED):
+            self._breakers[name]._adopt(state, remaining)
