@@ -1,28 +1,37 @@
-"""Outbound gRPC: one long-lived channel per dependency, and a deadline on every call.
+"""Outbound gRPC: one long-lived channel per dependency, a deadline on every call, and calls
+that really end when their caller gives up.
 
 Retries happen only inside the channel, by the gRPC service config, and only on UNAVAILABLE
 (the call never reached a handler, so repeating it is safe). Deadlines are not propagated by gRPC
-in Python, so callers derive each call's timeout from their own caller's remaining time.
+in Python: callers give each call a timeout from their own deadline (`services.common.deadline`).
+
+Cancellation: OpenTelemetry's aio client interceptor awaits the call's status in the
+interceptors' own task, so cancelling the task that awaits a call, or even the call object,
+only cancels that wait: the RPC runs on, and the server never sees CANCELLED. The channel's
+innermost interceptor therefore ties the RPC on the wire to the call object the caller holds,
+and `unary()` / `streaming()` cancel that call object whenever its caller stops waiting:
+
+    reply = await unary(stub.Calculate(request, timeout=budget.require()))
+
+    async with streaming(stub.Synthesize(request, timeout=budget.require())) as responses:
+        async for response in responses:
+            ...
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
 from services.common.tracing import client_interceptors
 
-# Time kept back from a caller's deadline so our answer still reaches it after a downstream
-# call used up its own share.
-DEADLINE_MARGIN_SECONDS = 0.05
-
-
-class DeadlineExhausted(Exception):
-    """The caller's deadline leaves no time for another downstream call."""
+ResponseT = TypeVar("ResponseT")
 
 
 def retry_service_config(
@@ -87,6 +96,75 @@ class DefaultDeadline(
         return await continuation(self._bounded(client_call_details), request)
 
 
+class CancelOnWire(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+):
+    """Cancels the RPC on the wire when the call object the caller holds is cancelled.
+
+    grpc runs a channel's interceptors in a task of their own, and cancelling the caller's call
+    object (or the task awaiting it) cancels that task; an interceptor that is awaiting the
+    RPC's status there (OpenTelemetry's does) then gives up waiting, and the RPC itself runs on.
+    This interceptor, the innermost, sees the RPC itself: when the interceptors' task ends
+    cancelled or failed, nobody can reach the RPC any more, so it is cancelled here.
+    """
+
+    @staticmethod
+    def _tie(call: grpc.aio.Call) -> None:
+        interceptors_task = asyncio.current_task()
+        if interceptors_task is None:  # pragma: no cover - interceptors always run in a task
+            return
+
+        def end(task: asyncio.Task[Any]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                call.cancel()
+
+        interceptors_task.add_done_callback(end)
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        call = await continuation(client_call_details, request)
+        self._tie(call)
+        return call
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        call = await continuation(client_call_details, request)
+        self._tie(call)
+        return call
+
+
+async def unary(call: grpc.aio.UnaryUnaryCall[Any, ResponseT]) -> ResponseT:
+    """The response of a unary call; if the awaiting task is cancelled, the call is cancelled
+    (the server sees CANCELLED) before the cancellation goes on."""
+    try:
+        return await call
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+
+
+@asynccontextmanager
+async def streaming(
+    call: grpc.aio.UnaryStreamCall[Any, ResponseT],
+) -> AsyncIterator[AsyncIterator[ResponseT]]:
+    """The responses of a server-streaming call, for an `async for` inside the block. However
+    the block ends (the stream read to its end, a `break`, an error, a cancellation), the call
+    ends with it: the server is not left streaming to nobody."""
+    try:
+        yield aiter(call)
+    finally:
+        call.cancel()  # a call that has already ended is not affected
+
+
 def open_channel(
     target: str,
     service_names: Sequence[str],
@@ -105,26 +183,10 @@ def open_channel(
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 5_000),
     ]
-    interceptors = [DefaultDeadline(default_timeout_seconds), *client_interceptors()]
+    interceptors = [
+        DefaultDeadline(default_timeout_seconds),
+        *client_interceptors(),
+        # Innermost, so it holds the call on the wire whatever the interceptors above it do.
+        CancelOnWire(),
+    ]
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
-
-
-def call_timeout(
-    context: grpc.aio.ServicerContext[Any, Any] | None,
-    default_seconds: float,
-    *,
-    margin_seconds: float = DEADLINE_MARGIN_SECONDS,
-) -> float:
-    """The timeout for a downstream call made while serving `context`.
-
-    It is the smaller of `default_seconds` and the caller's remaining time less a margin; with
-    no caller, or a caller without a deadline, `default_seconds`. Raises DeadlineExhausted when
-    nothing is left.
-    """
-    remaining = None if context is None else context.time_remaining()
-    if remaining is None:
-        return default_seconds
-    budget = remaining - margin_seconds
-    if budget <= 0:
-        raise DeadlineExhausted(f"the caller's deadline leaves {remaining:.3f}s")
-    return min(default_seconds, budget)
