@@ -1,17 +1,19 @@
-"""Server interceptors: request id, access log and RPC metrics, around every handler.
+"""Server interceptors: request id, access log and RPC metrics, around every handler, and
+INVALID_ARGUMENT for a request that cannot be decoded.
 
-One interceptor does all three so each call is wrapped once. Unary and streaming handlers are
-wrapped separately, as opentelemetry-python-contrib's aio server interceptor does.
+One interceptor does all of it so each call is wrapped once. The four kinds of handler
+(unary/stream request x unary/stream response) are told apart in one place,
+`wrap_rpc_behavior`, as opentelemetry-python-contrib's aio server interceptor does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -20,6 +22,7 @@ from google.protobuf.message import DecodeError
 
 from services.common import metrics
 from services.common.logs import request_id_var
+from services.common.status import abort
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +129,67 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
-UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+Context = grpc.aio.ServicerContext[Any, Any]
+# A handler's behavior: (request or request iterator, context) -> a response (a coroutine), or
+# an async iterator of responses (an async generator) for a streaming one.
+Behavior = Callable[[Any, Context], Any]
+# What an interceptor makes of a behavior, told whether requests and responses are streamed.
+BehaviorWrapper = Callable[[Behavior, bool, bool], Behavior]
+
+
+def wrap_rpc_behavior(
+    handler: grpc.RpcMethodHandler[Any, Any] | None,
+    wrap: BehaviorWrapper,
+    *,
+    request_deserializer: Callable[
+        [Callable[[bytes], Any] | None], Callable[[bytes], Any] | None
+    ] = lambda deserializer: deserializer,
+) -> grpc.RpcMethodHandler[Any, Any] | None:
+    """`handler` with its behavior replaced by `wrap(behavior, request_streaming,
+    response_streaming)`, whichever of the four kinds it is (opentelemetry-python-contrib's
+    `_wrap_rpc_behavior`); `request_deserializer` may replace the deserializer too."""
+    if handler is None:
+        return None
+    behavior: Any  # the stubs type them as synchronous; an aio server's are coroutines
+    factory: Any
+    if handler.request_streaming and handler.response_streaming:
+        behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        behavior, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    else:
+        behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    return factory(  # type: ignore[no-any-return]
+        wrap(behavior, handler.request_streaming, handler.response_streaming),
+        request_deserializer=request_deserializer(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
+
+
+async def _refuse_malformed(request: Any, context: Context) -> None:
+    if isinstance(request, _Malformed):
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.detail)
+
+
+async def _checked_stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+    async for request in requests:
+        await _refuse_malformed(request, context)
+        yield request
+
+
+async def _decoded(request: Any, streaming: bool, context: Context) -> Any:
+    """The request for the handler (or its requests, checked one by one as they come); a
+    request that could not be decoded ends the call with INVALID_ARGUMENT."""
+    if streaming:
+        return _checked_stream(request, context)
+    await _refuse_malformed(request, context)
+    return request
 
 
 class TelemetryInterceptor(grpc.aio.ServerInterceptor):
-    """Sets the request id for the call's logs, logs its end, and counts it."""
+    """Sets the request id for the call's logs, logs its end, and counts it; refuses requests
+    that could not be decoded with INVALID_ARGUMENT, for every kind of handler."""
 
     async def intercept_service(
         self,
@@ -142,67 +200,45 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
-            return handler
+            return None
         method = handler_call_details.method
         metadata = handler_call_details.invocation_metadata
         rpc_type = _rpc_type(handler)
-        deserializer = (
-            handler.request_deserializer
-            if handler.request_streaming
-            else _tolerant(handler.request_deserializer)
-        )
 
-        if handler.response_streaming:
-            inner_stream: Any = handler.unary_stream or handler.stream_stream
-            if not inspect.isasyncgenfunction(inner_stream):
-                return handler  # a context.write() handler; none of ours are
+        def begin() -> _CallRecord:
+            request_id_var.set(_incoming_request_id(metadata))
+            return _CallRecord(method, rpc_type)
 
-            async def stream_behavior(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                request_id_var.set(_incoming_request_id(metadata))
-                record = _CallRecord(method, rpc_type)
+        def wrap(behavior: Behavior, request_streaming: bool, response_streaming: bool) -> Behavior:
+            # Streaming handlers are async generators (OpenTelemetry's server interceptor,
+            # outside this one, iterates them too; a context.write() handler fails there).
+            if response_streaming:
+
+                async def stream_behavior(request: Any, context: Context) -> AsyncIterator[Any]:
+                    record = begin()
+                    try:
+                        checked = await _decoded(request, request_streaming, context)
+                        async with aclosing(behavior(checked, context)) as responses:
+                            async for response in responses:
+                                yield response
+                    except BaseException as error:
+                        record.finish(context, error)
+                        raise
+                    record.finish(context, None)
+
+                return stream_behavior
+
+            async def unary_behavior(request: Any, context: Context) -> Any:
+                record = begin()
                 try:
-                    async for response in inner_stream(request, context):
-                        yield response
+                    checked = await _decoded(request, request_streaming, context)
+                    response = await behavior(checked, context)
                 except BaseException as error:
                     record.finish(context, error)
                     raise
                 record.finish(context, None)
+                return response
 
-            factory = (
-                grpc.unary_stream_rpc_method_handler
-                if handler.unary_stream
-                else grpc.stream_stream_rpc_method_handler
-            )
-            return factory(
-                stream_behavior,
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return unary_behavior
 
-        inner_unary: Any = handler.unary_unary or handler.stream_unary
-
-        async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            request_id_var.set(_incoming_request_id(metadata))
-            record = _CallRecord(method, rpc_type)
-            try:
-                if isinstance(request, _Malformed):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.detail)
-                response = await inner_unary(request, context)
-            except BaseException as error:
-                record.finish(context, error)
-                raise
-            record.finish(context, None)
-            return response
-
-        factory_unary = (
-            grpc.unary_unary_rpc_method_handler
-            if handler.unary_unary
-            else grpc.stream_unary_rpc_method_handler
-        )
-        return factory_unary(
-            unary_behavior,
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return wrap_rpc_behavior(handler, wrap, request_deserializer=_tolerant)
