@@ -1,14 +1,19 @@
-"""Bearer-token authentication for a gRPC server, as a server interceptor.
+"""Bearer-token authentication for a gRPC server, as a server interceptor, and who the caller is.
 
-Callers send `authorization: Bearer <token>` metadata. Tokens are compared in constant time, and
-against every configured token, so timing says nothing about which one nearly matched. Health
-checks and reflection stay open: Kubernetes' probes carry no token.
+Callers send `authorization: Bearer <token>` metadata. Each token has a name, the caller's
+identity (for quotas and logs). Tokens are compared in constant time, and against every
+configured token, so timing says nothing about which one nearly matched. Health checks and
+reflection stay open: Kubernetes' probes carry no token.
+
+`caller_of(context)` names the caller of the call being served: the token's name, else the
+subject of a verified client certificate (mTLS), else "".
 """
 
 from __future__ import annotations
 
+import contextvars
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import grpc
@@ -16,6 +21,22 @@ import grpc.aio
 
 _OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _SCHEME: Final = "bearer "
+
+_caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+
+
+def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller of the call being served: its token's name, else "cert:<subject>" from a
+    verified client certificate, else "" (no authentication)."""
+    named = _caller.get()
+    if named:
+        return named
+    auth = context.auth_context()
+    for key in ("x509_common_name", "x509_subject"):
+        values = list(auth.get(key, ())) if auth else []
+        if values:
+            return "cert:" + bytes(values[0]).decode("utf-8", "replace")[:200]
+    return ""
 
 
 def _token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
@@ -60,18 +81,65 @@ def _refusal(
     )
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: Sequence[str]) -> None:
-        if not tokens or any(not token for token in tokens):
-            raise ValueError("at least one non-empty token is needed")
-        self._tokens = [token.encode() for token in tokens]
+def _as_caller(
+    handler: grpc.RpcMethodHandler[Any, Any], name: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with the caller's name set for the handler's own task."""
+    if handler.response_streaming:
+        inner_stream: Any = handler.unary_stream or handler.stream_stream
 
-    def _valid(self, presented: str) -> bool:
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            _caller.set(name)
+            async for response in inner_stream(request, context):
+                yield response
+
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return factory(
+            stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    inner: Any = handler.unary_unary or handler.stream_unary
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        _caller.set(name)
+        return await inner(request, context)
+
+    factory_unary = (
+        grpc.unary_unary_rpc_method_handler
+        if handler.unary_unary
+        else grpc.stream_unary_rpc_method_handler
+    )
+    return factory_unary(
+        unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, tokens: Mapping[str, str] | Sequence[str]) -> None:
+        named = (
+            dict(tokens)
+            if isinstance(tokens, Mapping)
+            else {f"token-{i}": t for i, t in enumerate(tokens, start=1)}
+        )
+        if not named or any(not token for token in named.values()):
+            raise ValueError("at least one non-empty token is needed")
+        self._tokens = [(name, token.encode()) for name, token in named.items()]
+
+    def _match(self, presented: str) -> str:
+        """The name of the token presented, or "" (every token compared, in constant time)."""
         candidate = presented.encode()
-        matched = False
-        for token in self._tokens:
-            matched |= hmac.compare_digest(candidate, token)
-        return matched
+        found = ""
+        for name, token in self._tokens:
+            if hmac.compare_digest(candidate, token):
+                found = name
+        return found
 
     async def intercept_service(
         self,
@@ -86,6 +154,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         presented = _token(handler_call_details.invocation_metadata)
         if presented is None:
             return _refusal(handler, "missing 'authorization: Bearer <token>' metadata")
-        if not self._valid(presented):
+        name = self._match(presented)
+        if not name:
             return _refusal(handler, "invalid bearer token")
-        return handler
+        return _as_caller(handler, name)

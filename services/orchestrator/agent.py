@@ -1,67 +1,117 @@
-"""One user turn, end to end: limits, the user's lock and history, emotion beside the first LLM
-call, LLM rounds with concurrent tools, the persona guard, cost, speech, and the commit.
+"""One user turn, end to end: the loop. Replay, limits, the user's lock and history, emotion
+beside the first LLM call, LLM rounds with concurrent tools, the persona guard, cost, speech,
+and the commit.
 
-Plain asyncio; no gRPC. The servicer turns the exceptions below into status codes.
+Plain asyncio; no gRPC. The parts it drives live in their own modules (the LLM's wire format in
+`llm`, tools in `toolspec` and `clients`, the prompt and the guard in `persona`, money in
+`usage`, state in `sessions`); the servicer turns the exceptions below into status codes.
+
+What a turn promises whatever happens to it:
+* every LLM call's cost is counted the moment the provider answers (settled by the bookkeeper,
+  which outlives a cancelled turn), and no call is made whose worst case does not fit the budgets;
+* nothing of the turn is stored unless it finished and still holds the newest lease on the
+  user (an erase or a newer turn meanwhile: nothing is stored, TurnAborted);
+* a cancel or the deadline stops the LLM, the tools and the speech;
+* a store that fails ends the turn with StoreUnavailable, never with the store's own error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Final
 
-import pybreaker
+from redis.exceptions import RedisError
 
+from services.common.breakers import Breaker, CircuitOpen
+from services.common.deadline import Deadline
+from services.common.gazetteer import Gazetteer, zone_city
 from services.common.language import Language, base_language, detect_language
+from services.common.status import Metadata, retry_metadata
 from services.common.timezones import resolve_zone
 from services.common.tracing import current_trace_id
+from services.common.validation import InvalidArgument
 from services.orchestrator import metrics, persona, planner
 from services.orchestrator.clients import (
     EmotionClient,
     SpeechClient,
     SpeechUnavailable,
-    ToolContext,
     ToolRunner,
     join_wavs,
 )
+from services.orchestrator.codec import decode_answer, encode_answer, fingerprint
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.limits import RateLimiter
-from services.orchestrator.llm import Llm, LlmError, LlmReply
+from services.orchestrator.llm import (
+    Llm,
+    LlmError,
+    LlmReply,
+    LlmRequest,
+    LlmTimeout,
+    estimate_prompt_tokens,
+)
 from services.orchestrator.model import (
+    AssistantMessage,
+    AudioPiece,
+    Emit,
     Emotion,
     HistoryTurn,
-    TokenUsage,
+    Message,
+    Preferences,
+    SystemMessage,
+    TextDelta,
     ToolCallRequest,
+    ToolFinished,
     ToolOutcome,
+    ToolResultMessage,
+    ToolStarted,
     ToolStatus,
+    TurnEvent,
+    TurnRequest,
+    TurnResult,
+    TurnUsage,
     UsageReport,
+    UserMessage,
 )
-from services.orchestrator.sessions import LockTimeout, SessionStore
-from services.orchestrator.toolspec import tool_definitions
-from services.orchestrator.usage import Budgets, UsageLedger, over_budget
+from services.orchestrator.sessions import Lease, LeaseLost, LockTimeout, SessionStore
+from services.orchestrator.toolspec import ToolContext, spec_for_intent, tool_specs
+from services.orchestrator.usage import (
+    Account,
+    Bookkeeper,
+    BudgetSpent,
+    Ledger,
+    Prices,
+    Reservation,
+    Usage,
+)
 from services.orchestrator.validation import check_turn
 
 logger = logging.getLogger(__name__)
 
 LOCAL_MODEL: Final = "local-planner"
+ANONYMOUS: Final = "anonymous"
 # What is kept back from an LLM call's budget so a failed call still leaves time to answer
 # with the local planner: at most this, and at most this share of what is left.
 _FALLBACK_RESERVE_SECONDS: Final = 1.5
 _FALLBACK_RESERVE_SHARE: Final = 0.4
 # Committing the turn (history, answer, usage) needs a moment; without it, give up instead.
 _COMMIT_RESERVE_SECONDS: Final = 0.05
+# The user's lock outlives the turn's deadline by this much, for the commit that may run past
+# it; a holder that dies frees the user this long after its turn would have ended anyway.
+_LOCK_GRACE_SECONDS: Final = 5.0
+# A hold on the budgets outlives its call by this much (the settle is a round trip after it).
+_HOLD_GRACE_SECONDS: Final = 60.0
 _SENTENCE_END: Final = re.compile(r"(?<=[。！？!?\.…])\s*")
-_LANGUAGE_NAMES: Final[dict[Language, str]] = {
-    "ja": "Japanese",
-    "en": "English",
-    "ko": "Korean",
-}
+
+
+# -- how a turn can end other than with an answer -------------------------------------------
 
 
 class RateLimited(Exception):
@@ -72,143 +122,137 @@ class RateLimited(Exception):
         self.retry_after_seconds = retry_after_seconds
         self.scope = scope
 
-
-class BudgetSpent(LlmError):
-    """A cost budget is spent: the local planner answers instead of the LLM."""
-
-    def __init__(self, scope: str) -> None:
-        super().__init__(f"the {scope} budget is spent")
-        self.scope = scope
+    def trailing_metadata(self) -> Metadata:
+        return retry_metadata(self.retry_after_seconds, str(self))
 
 
 class TurnTimeout(Exception):
     """The turn could not finish before the caller's deadline; nothing of it was stored."""
 
 
-@dataclass(frozen=True, slots=True)
-class TurnRequest:
-    user_id: str
-    message: str
-    language: str = ""
-    timezone: str = ""
-    include_audio: bool = False
-    request_id: str = ""
+class TurnAborted(Exception):
+    """The turn finished but was not stored: its user was erased or a newer turn took over."""
 
 
-@dataclass(frozen=True, slots=True)
-class TurnUsage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    tts_characters: int = 0
-    cost_usd: float = 0.0
-    model: str = LOCAL_MODEL
+class StoreUnavailable(Exception):
+    """The shared store (Redis) did not answer; nothing was stored."""
 
 
-@dataclass(frozen=True, slots=True)
-class TurnResult:
-    reply: str
-    language: str
-    emotion: Emotion
-    tool_outcomes: tuple[ToolOutcome, ...]
-    usage: TurnUsage
-    degraded: tuple[str, ...]
-    request_id: str
-    trace_id: str = ""
-    audio: bytes = b""
-    replayed: bool = False
+class RequestIdReused(InvalidArgument):
+    """A request id already answered was sent with a different message."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "request_id",
+            "was already used for a different message; use a new request id for a new message",
+        )
 
 
-@dataclass(frozen=True, slots=True)
-class ToolStarted:
-    call: ToolCallRequest
-
-
-@dataclass(frozen=True, slots=True)
-class ToolFinished:
-    outcome: ToolOutcome
-
-
-@dataclass(frozen=True, slots=True)
-class TextDelta:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class AudioPiece:
-    sequence: int
-    text: str
-    wav: bytes
-
-
-TurnEvent = ToolStarted | ToolFinished | TextDelta | AudioPiece
-Emit = Callable[[TurnEvent], Awaitable[None]]
+@contextlib.contextmanager
+def _store_errors(what: str) -> Any:
+    try:
+        yield
+    except RedisError as exc:
+        logger.warning("store unavailable", extra={"during": what, "error": type(exc).__name__})
+        raise StoreUnavailable(
+            f"the session store is unavailable, so the {what} could not be done; nothing was "
+            "stored; try again shortly"
+        ) from None
 
 
 async def _ignore(_event: TurnEvent) -> None:
     return None
 
 
+# -- the state of one turn ------------------------------------------------------------------
+
+
 @dataclass
 class _Turn:
-    """The state of one turn while it runs."""
-
     request: TurnRequest
+    account: Account
+    lease: Lease
     language: Language
     timezone: str
-    deadline: float
+    place: str  # the weather's place when the user names none
+    deadline: Deadline
     emit: Emit
     history: list[HistoryTurn]
+    places: Gazetteer | None
     outcomes: list[ToolOutcome] = field(default_factory=list)
     seen: dict[str, ToolOutcome] = field(default_factory=dict)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
+    tool_calls_run: int = 0
+    usage: Usage = field(default_factory=Usage)
     model: str = LOCAL_MODEL
     degraded: list[str] = field(default_factory=list)
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
+    settlements: list[asyncio.Task[None]] = field(default_factory=list)
 
     def degrade(self, part: str) -> None:
         if part not in self.degraded:
             self.degraded.append(part)
             metrics.FALLBACKS.labels(part).inc()
 
+    @cached_property
+    def analysis(self) -> planner.Analysis:
+        """The planner's reading of the message, made once and only when needed."""
+        return planner.analyse(self.request.message, self.places)
+
+    @property
+    def context(self) -> ToolContext:
+        return ToolContext(
+            user_id=self.request.user_id,
+            language=self.language,
+            timezone=self.timezone,
+            place=self.place,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class AgentParts:
     sessions: SessionStore
     limiter: RateLimiter
-    ledger: UsageLedger
+    ledger: Ledger
     tools: ToolRunner
     emotion: EmotionClient
     speech: SpeechClient
     llm: Llm | None
-    llm_breaker: pybreaker.CircuitBreaker
+    llm_breaker: Breaker
+    places: Gazetteer | None = None
+    wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
 class Agent:
     def __init__(self, settings: OrchestratorSettings, parts: AgentParts) -> None:
         self._settings = settings
         self._parts = parts
-        self._budgets = Budgets(
-            user_daily_usd=settings.user_daily_budget_usd,
-            global_monthly_usd=settings.global_monthly_budget_usd,
-        )
         self._persona = settings.persona()
-        self._unpriced: set[str] = set()
+        self._prices = Prices(settings.llm_prices, fallback_model=settings.llm_model)
+        self._bookkeeper = Bookkeeper(parts.ledger)
+        self._specs = tool_specs()
+        self._by_intent = spec_for_intent()
+        self._background: set[asyncio.Task[Any]] = set()
 
-    # -- the RPCs -----------------------------------------------------------------------------
+    @property
+    def bookkeeper(self) -> Bookkeeper:
+        return self._bookkeeper
+
+    async def aclose(self) -> None:
+        """Let what is still being recorded or committed finish (briefly)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=5.0)
+        await self._bookkeeper.aclose()
+
+    # -- the RPCs ---------------------------------------------------------------------------
 
     async def turn(
-        self, request: TurnRequest, *, deadline: float, emit: Emit | None = None
+        self, request: TurnRequest, *, deadline: Deadline, emit: Emit | None = None
     ) -> TurnResult:
-        """Answer one message by `deadline` (time.monotonic()).
+        """Answer one message by `deadline`.
 
-        Raises InvalidArgument, RateLimited or TurnTimeout; every other failure of a part
-        degrades the answer instead.
+        Raises InvalidArgument, RateLimited, TurnTimeout, TurnAborted or StoreUnavailable; every
+        other failure of a part degrades the answer instead.
         """
-        check_turn(
+        message = check_turn(
             user_id=request.user_id,
             message=request.message,
             language=request.language,
@@ -216,51 +260,94 @@ class Agent:
             request_id=request.request_id,
             max_message_chars=self._settings.max_message_chars,
         )
-        decision = await self._parts.limiter.check(request.user_id)
-        if not decision.allowed:
-            metrics.RATE_LIMITED.labels(decision.scope).inc()
-            raise RateLimited(decision.retry_after_seconds, decision.scope)
-        try:
-            async with asyncio.timeout_at(deadline):
-                async with self._parts.sessions.lock(
-                    request.user_id, wait_seconds=max(0.0, deadline - time.monotonic())
+        request = replace(request, message=message, caller=request.caller or ANONYMOUS)
+        mark = fingerprint(request)
+        with _store_errors("turn"):
+            # A retry of an answered request is answered before any limit: it costs nothing.
+            replayed = await self._replay(request, mark)
+            if replayed is not None:
+                return replayed
+            decision = await self._parts.limiter.check(request.user_id, request.caller)
+            if not decision.allowed:
+                metrics.RATE_LIMITED.labels(decision.scope).inc()
+                raise RateLimited(decision.retry_after_seconds, decision.scope)
+            try:
+                async with (
+                    deadline.timeout(),
+                    self._parts.sessions.lock(
+                        request.user_id,
+                        wait_seconds=max(0.0, deadline.remaining()),
+                        ttl_seconds=max(0.0, deadline.remaining()) + _LOCK_GRACE_SECONDS,
+                    ) as lease,
                 ):
-                    return await self._locked_turn(request, deadline, emit or _ignore)
-        except (TimeoutError, LockTimeout) as exc:
-            metrics.TURNS.labels("deadline_exceeded").inc()
-            raise TurnTimeout("the turn could not finish before the deadline") from exc
+                    # The same request may have finished while this one waited for the lock.
+                    replayed = await self._replay(request, mark)
+                    if replayed is not None:
+                        return replayed
+                    return await self._locked_turn(request, mark, lease, deadline, emit)
+            except (TimeoutError, LockTimeout) as exc:
+                metrics.TURNS.labels("deadline_exceeded").inc()
+                raise TurnTimeout("the turn could not finish before the deadline") from exc
 
     async def usage(self, user_id: str) -> UsageReport:
-        return await self._parts.ledger.report(user_id, datetime.now(UTC))
+        with _store_errors("usage report"):
+            return await self._parts.ledger.report(user_id, self._parts.wall_clock())
 
     async def erase(self, user_id: str) -> int:
         parts = self._parts
-        erased = await asyncio.gather(
-            parts.sessions.erase(user_id), parts.limiter.erase(user_id), parts.ledger.erase(user_id)
-        )
-        return sum(erased)
+        with _store_errors("erase"):
+            # The session store first: it fences off the user's running turn and moves the
+            # user's epoch, so nothing that turn still settles or commits lands after this.
+            erased = await parts.sessions.erase(user_id)
+            others = await asyncio.gather(parts.limiter.erase(user_id), parts.ledger.erase(user_id))
+        return erased + sum(others)
 
-    # -- inside the user's lock ---------------------------------------------------------------
+    async def _replay(self, request: TurnRequest, mark: str) -> TurnResult | None:
+        if not request.request_id:
+            return None
+        stored = await self._parts.sessions.cached_answer(request.user_id, request.request_id)
+        if stored is None:
+            return None
+        try:
+            stored_mark, result = decode_answer(stored)
+        except ValueError:
+            logger.warning("a stored answer could not be read; the turn runs again")
+            return None
+        if stored_mark != mark:
+            raise RequestIdReused()
+        metrics.TURNS.labels("replayed").inc()
+        return result
 
-    async def _locked_turn(self, request: TurnRequest, deadline: float, emit: Emit) -> TurnResult:
-        sessions = self._parts.sessions
-        if request.request_id:
-            cached = await sessions.cached_answer(request.user_id, request.request_id)
-            if cached is not None:
-                metrics.TURNS.labels("replayed").inc()
-                return decode_result(cached)
-        history = await sessions.history(request.user_id)
+    # -- inside the user's lock -------------------------------------------------------------
+
+    async def _locked_turn(
+        self,
+        request: TurnRequest,
+        mark: str,
+        lease: Lease,
+        deadline: Deadline,
+        emit: Emit | None,
+    ) -> TurnResult:
+        settings = self._settings
+        session = await self._parts.sessions.load(request.user_id)
         language = (
-            base_language(request.language, self._settings.default_language)
+            base_language(request.language, settings.default_language)
             if request.language
-            else detect_language(request.message, default=self._settings.default_language)
+            else detect_language(request.message, default=settings.default_language)
         )
-        timezone = (
-            request.timezone
-            or await sessions.timezone(request.user_id)
-            or self._settings.default_timezone
+        timezone = request.timezone or session.preferences.timezone or settings.default_timezone
+        turn = _Turn(
+            request=request,
+            account=Account(request.user_id, request.caller),
+            lease=lease,
+            language=language,
+            timezone=timezone,
+            place=self._home_place(session.preferences, timezone),
+            deadline=deadline,
+            emit=emit or _ignore,
+            history=session.history,
+            places=self._parts.places,
         )
-        turn = _Turn(request, language, timezone, deadline, emit, history)
         emotion_task = asyncio.create_task(
             self._parts.emotion.analyze(request.message, language, deadline=deadline)
         )
@@ -271,17 +358,16 @@ class Agent:
             emotion_task.cancel()
         await self._stream_text(turn, reply)
         audio = await self._speak(turn, reply) if request.include_audio else b""
-        tts_characters = len(reply) if audio else 0
         result = TurnResult(
             reply=reply,
             language=language,
             emotion=emotion,
             tool_outcomes=tuple(turn.outcomes),
             usage=TurnUsage(
-                prompt_tokens=turn.prompt_tokens,
-                completion_tokens=turn.completion_tokens,
-                tts_characters=tts_characters,
-                cost_usd=turn.cost_usd,
+                prompt_tokens=turn.usage.prompt_tokens,
+                completion_tokens=turn.usage.completion_tokens,
+                tts_characters=len(reply) if audio else 0,
+                cost_usd=turn.usage.cost_usd,
                 model=turn.model,
             ),
             degraded=tuple(turn.degraded),
@@ -289,39 +375,71 @@ class Agent:
             trace_id=current_trace_id(),
             audio=audio,
         )
-        if turn.remaining() < _COMMIT_RESERVE_SECONDS:
+        if deadline.remaining() < _COMMIT_RESERVE_SECONDS:
             raise TimeoutError
         # Once begun, the commit finishes even if the deadline strikes meanwhile: a retry with
         # the same request id then gets this answer instead of a second, different turn.
-        await asyncio.shield(self._commit(turn, result))
+        await self._finish_anyway(self._commit(turn, lease, result, mark))
         metrics.TURNS.labels("degraded" if turn.degraded else "ok").inc()
         return result
 
-    async def _commit(self, turn: _Turn, result: TurnResult) -> None:
+    def _home_place(self, preferences: Preferences, timezone: str) -> str:
+        """Where the weather is for a user who names no place: the place they last asked
+        about, else their time zone's city, else the configured default."""
+        if preferences.place:
+            return preferences.place
+        places = self._parts.places
+        city = zone_city(timezone, places) if places is not None else ""
+        return city or self._settings.default_place
+
+    async def _finish_anyway(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+        await asyncio.shield(task)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            # Retrieved here for a turn that stopped waiting (cancelled): its outcome is moot.
+            task.exception()
+
+    async def _commit(self, turn: _Turn, lease: Lease, result: TurnResult, mark: str) -> None:
         request = turn.request
-        now = datetime.now(UTC)
-        await self._parts.sessions.commit_turn(
-            request.user_id,
-            HistoryTurn(
-                user=request.message,
-                assistant=result.reply,
-                language=result.language,
-                at=now.timestamp(),
-                request_id=request.request_id,
-            ),
-            answer=encode_result(result),
-            timezone=request.timezone,
-        )
-        await self._parts.ledger.record(
-            request.user_id,
-            prompt_tokens=result.usage.prompt_tokens,
-            completion_tokens=result.usage.completion_tokens,
-            tts_characters=result.usage.tts_characters,
-            cost_usd=result.usage.cost_usd,
-            now=now,
+        if turn.settlements:
+            # What the turn spent is on the books before the turn is: GetUsage then agrees.
+            await asyncio.gather(*turn.settlements)
+        try:
+            await self._parts.sessions.commit_turn(
+                lease,
+                HistoryTurn(
+                    user=request.message,
+                    assistant=result.reply,
+                    language=result.language,
+                    at=self._parts.wall_clock().timestamp(),
+                    request_id=request.request_id,
+                ),
+                answer=encode_answer(result, mark),
+                preferences=Preferences(timezone=request.timezone, place=self._asked_place(turn)),
+            )
+        except LeaseLost as exc:
+            metrics.TURNS.labels("aborted").inc()
+            raise TurnAborted(f"{exc}; nothing of this turn was stored") from None
+        await self._parts.ledger.count_turn(
+            turn.account, tts_characters=result.usage.tts_characters, now=self._parts.wall_clock()
         )
 
-    # -- composing the reply ------------------------------------------------------------------
+    def _asked_place(self, turn: _Turn) -> str:
+        """The place the user's weather question was answered for, to default to next time."""
+        weather = self._by_intent.get(planner.Intent.WEATHER)
+        for outcome in reversed(turn.outcomes):
+            if weather and outcome.call.name == weather.name and outcome.status == ToolStatus.OK:
+                place = outcome.result.get("place")
+                if isinstance(place, str) and 0 < len(place) <= 100:
+                    return place
+        return ""
+
+    # -- composing the reply ----------------------------------------------------------------
 
     async def _answer(self, turn: _Turn, emotion_task: asyncio.Task[Emotion | None]) -> str:
         llm = self._parts.llm
@@ -331,26 +449,44 @@ class Agent:
             except BudgetSpent as exc:
                 metrics.BUDGET_EXHAUSTED.labels(exc.scope).inc()
                 turn.degrade("budget")
-            except (LlmError, pybreaker.CircuitBreakerError) as exc:
-                logger.warning("LLM unavailable; local planner answers", extra={"error": repr(exc)})
+            except CircuitOpen:
+                turn.degrade("llm")  # the breaker logged its opening once; nothing per turn
+            except LlmError as exc:
+                logger.info("LLM failed; the local planner answers", extra={"error": str(exc)})
                 turn.degrade("llm")
         return await self._planner_answer(turn, emotion_task)
 
     async def _planner_answer(self, turn: _Turn, emotion_task: asyncio.Task[Emotion | None]) -> str:
+        calls = [
+            ToolCallRequest(
+                id=f"local-{index}",
+                name=self._by_intent[planned.intent].name,
+                arguments=_json(planned.arguments),
+            )
+            for index, planned in enumerate(
+                planner.plan(turn.analysis, default_place=turn.place), start=1
+            )
+            if planned.intent in self._by_intent
+        ]
         # Tool calls the LLM already made this turn are not repeated (turn.seen answers them).
-        calls = planner.plan(turn.request.message, default_place=_place_of_zone(turn.timezone))
-        outcomes = await self._run_tools(turn, calls) if calls else []
+        if calls:
+            await self._run_tools(turn, calls)
+        return await self._compose(turn, emotion_task)
+
+    async def _compose(self, turn: _Turn, emotion_task: asyncio.Task[Emotion | None]) -> str:
         emotion = await self._emotion(turn, emotion_task)
+        results = [
+            (self._specs[o.call.name].intent, o)
+            for o in turn.outcomes
+            if o.call.name in self._specs
+        ]
         reply = planner.compose(
-            turn.request.message,
+            turn.analysis,
             turn.language,
-            outcomes,
+            results,
             emotion=emotion,
             ending=self._persona.ending(turn.language),
         )
-        return self._guard_local(reply, turn)
-
-    def _guard_local(self, reply: str, turn: _Turn) -> str:
         if persona.check(reply, turn.language, self._persona):
             metrics.PERSONA.labels("repaired").inc()
             return persona.repair(reply, turn.language, self._persona, fallback=reply)
@@ -359,155 +495,152 @@ class Agent:
     async def _llm_answer(
         self, turn: _Turn, llm: Llm, emotion_task: asyncio.Task[Emotion | None]
     ) -> str:
-        messages: list[dict[str, Any]] = [
-            {"role": "system", "content": self._system_prompt(turn)},
-            *_history_messages(turn.history),
-            {"role": "user", "content": turn.request.message},
-        ]
-        tools = tool_definitions()
+        prompt = self._system_prompt(turn)
+        messages: list[Message] = [SystemMessage(prompt)]
+        for past in turn.history:
+            messages += [UserMessage(past.user), AssistantMessage(past.assistant)]
+        messages.append(UserMessage(turn.request.message))
+        specs = tuple(self._specs.values())
+        rounds = self._settings.max_tool_rounds
         reply: LlmReply | None = None
-        for round_number in range(self._settings.max_tool_rounds + 1):
-            offer = tools if round_number < self._settings.max_tool_rounds else []
+        for round_number in range(rounds + 1):
+            offer = specs if round_number < rounds else ()
             reply = await self._complete(turn, llm, messages, offer)
-            if not reply.tool_calls:
-                break
-            if not offer:
-                # The LLM asked for tools it was not offered: the rounds are spent.
+            if not reply.tool_calls or not offer:
+                # Done, or asking for tools it was not offered: the rounds are spent.
                 break
             outcomes = await self._run_tools(turn, reply.tool_calls)
-            messages.append(_assistant_tool_message(reply))
-            messages.extend(_tool_result_message(o) for o in outcomes)
-            if emotion_task.done() and round_number == 0:
+            messages.append(AssistantMessage(reply.content, tuple(reply.tool_calls)))
+            messages.extend(ToolResultMessage(o.call.id, o.result) for o in outcomes)
+            if round_number == 0 and emotion_task.done() and not emotion_task.cancelled():
                 emotion = emotion_task.result()
                 if emotion is not None and emotion.dominant != "neutral":
-                    messages.append(
-                        {
-                            "role": "system",
-                            "content": f"The user's message reads as {emotion.dominant}; "
-                            "answer with that in mind.",
-                        }
-                    )
+                    messages.append(SystemMessage(persona.emotion_hint(emotion.dominant)))
         assert reply is not None
         text = reply.content.strip()
         if reply.tool_calls and not text:
             # Still asking for tools after the last round: answer from what the tools said.
-            return await self._compose_from_outcomes(turn, emotion_task)
-        return await self._guard_llm(turn, llm, messages, text, emotion_task)
+            return await self._compose(turn, emotion_task)
+        return await self._guard(turn, llm, messages, prompt, text, emotion_task)
 
-    async def _guard_llm(
+    async def _guard(
         self,
         turn: _Turn,
         llm: Llm,
-        messages: list[dict[str, Any]],
+        messages: list[Message],
+        prompt: str,
         text: str,
         emotion_task: asyncio.Task[Emotion | None],
     ) -> str:
-        problems = persona.check(text, turn.language, self._persona)
+        config = self._persona
+        if persona.reproduces_prompt(text, prompt):
+            metrics.PERSONA.labels("refused").inc()
+            return persona.refusal(turn.language, config)
+        problems = persona.check(text, turn.language, config)
         if not problems:
             metrics.PERSONA.labels("ok").inc()
             return text
-        retry_messages = [
+        retry = [
             *messages,
-            {"role": "assistant", "content": text},
-            {
-                "role": "system",
-                "content": persona.corrective_instruction(problems, turn.language, self._persona),
-            },
+            AssistantMessage(text),
+            SystemMessage(persona.corrective_instruction(problems, turn.language, config)),
         ]
         try:
-            retried = (await self._complete(turn, llm, retry_messages, [])).content.strip()
-        except (LlmError, pybreaker.CircuitBreakerError):
+            retried = (await self._complete(turn, llm, retry, ())).content.strip()
+        except (LlmError, CircuitOpen, BudgetSpent):
             retried = text
-        if not persona.check(retried, turn.language, self._persona):
+        if persona.reproduces_prompt(retried, prompt):
+            metrics.PERSONA.labels("refused").inc()
+            return persona.refusal(turn.language, config)
+        if not persona.check(retried, turn.language, config):
             metrics.PERSONA.labels("retried").inc()
             return retried
         metrics.PERSONA.labels("repaired").inc()
-        fallback = await self._compose_from_outcomes(turn, emotion_task)
-        return persona.repair(retried, turn.language, self._persona, fallback=fallback)
-
-    async def _compose_from_outcomes(
-        self, turn: _Turn, emotion_task: asyncio.Task[Emotion | None]
-    ) -> str:
-        emotion = await self._emotion(turn, emotion_task)
-        reply = planner.compose(
-            turn.request.message,
-            turn.language,
-            turn.outcomes,
-            emotion=emotion,
-            ending=self._persona.ending(turn.language),
-        )
-        return self._guard_local(reply, turn)
+        fallback = await self._compose(turn, emotion_task)
+        return persona.repair(retried, turn.language, config, fallback=fallback)
 
     async def _complete(
-        self, turn: _Turn, llm: Llm, messages: Sequence[dict[str, Any]], tools: Sequence[Any]
+        self,
+        turn: _Turn,
+        llm: Llm,
+        messages: Sequence[Message],
+        tools: Sequence[Any],
     ) -> LlmReply:
-        remaining = turn.remaining()
+        """One LLM call: its worst case held against the budgets first, its cost counted the
+        moment it answers."""
+        remaining = turn.deadline.remaining()
         reserve = min(_FALLBACK_RESERVE_SECONDS, remaining * _FALLBACK_RESERVE_SHARE)
-        budget = min(self._settings.llm_timeout_seconds, remaining - reserve)
-        if budget <= 0:
-            raise LlmError("no time left for the LLM")
-        # Before each call, what is spent already plus what this turn has spent so far.
-        user_today, global_month = await self._parts.ledger.spent(
-            turn.request.user_id, datetime.now(UTC)
+        budget = turn.deadline.budget(self._settings.llm_timeout_seconds, reserve=reserve)
+        if not budget.usable:
+            raise LlmTimeout("no time left for the LLM")
+        request = LlmRequest(tuple(messages), tuple(tools), self._settings.max_tokens)
+        model = self._settings.llm_model
+        estimate = estimate_prompt_tokens(request)
+        worst = self._prices.cost_nanos(model, estimate, request.max_tokens)
+        reservation = await self._parts.ledger.reserve(
+            turn.account,
+            worst,
+            epoch=turn.lease.erasures,
+            hold_seconds=budget.seconds + _HOLD_GRACE_SECONDS,
+            now=self._parts.wall_clock(),
         )
-        spent = over_budget(
-            (user_today + turn.cost_usd, global_month + turn.cost_usd), self._budgets
+        try:
+            with self._parts.llm_breaker.calling(budget):
+                reply = await llm.complete(request, timeout_seconds=budget.seconds)
+        except (asyncio.CancelledError, LlmTimeout):
+            # Sent and abandoned: the provider may well bill the prompt; so do we.
+            abandoned = Usage(cost_nanos=self._prices.cost_nanos(model, estimate, 0))
+            self._settle(turn, reservation, abandoned)
+            raise
+        except BaseException:
+            self._bookkeeper.release(reservation)
+            raise
+        # Before anything else can be awaited (and cancelled): the money is counted now.
+        usage = self._prices.usage(reply.model, reply.prompt_tokens, reply.completion_tokens)
+        turn.model = reply.model
+        self._settle(turn, reservation, usage)
+        metrics.TOKENS.labels(_model_label(reply.model, model), "prompt").inc(reply.prompt_tokens)
+        metrics.TOKENS.labels(_model_label(reply.model, model), "completion").inc(
+            reply.completion_tokens
         )
-        if spent:
-            raise BudgetSpent(spent)
-        with self._parts.llm_breaker.calling():
-            reply = await llm.complete(messages, tools, timeout_seconds=budget)
-        self._account(turn, reply)
         return reply
 
-    def _account(self, turn: _Turn, reply: LlmReply) -> None:
-        usage: TokenUsage = reply.usage
-        model = reply.model or self._settings.llm_model
-        turn.model = model
-        turn.prompt_tokens += usage.prompt_tokens
-        turn.completion_tokens += usage.completion_tokens
-        prompt_price, completion_price = self._price(model)
-        cost = (
-            usage.prompt_tokens * prompt_price + usage.completion_tokens * completion_price
-        ) / 1e6
-        turn.cost_usd += cost
-        metrics.TOKENS.labels(model, "prompt").inc(usage.prompt_tokens)
-        metrics.TOKENS.labels(model, "completion").inc(usage.completion_tokens)
-        metrics.COST.labels(model).inc(cost)
-
-    def _price(self, model: str) -> tuple[float, float]:
-        prices = self._settings.llm_prices
-        if model in prices:
-            return prices[model]
-        # Providers answer with dated names ("gpt-4o-mini-2024-07-18"): the longest known prefix.
-        for name in sorted(prices, key=len, reverse=True):
-            if model.startswith(name):
-                return prices[name]
-        if model not in self._unpriced:
-            self._unpriced.add(model)
-            logger.warning("no price for model; its cost is counted as 0", extra={"model": model})
-        return (0.0, 0.0)
+    def _settle(self, turn: _Turn, reservation: Reservation, usage: Usage) -> None:
+        turn.settlements.append(self._bookkeeper.settle(reservation, usage))
+        turn.usage = turn.usage + usage
+        metrics.COST.labels(_model_label(turn.model, self._settings.llm_model)).inc(usage.cost_usd)
 
     async def _run_tools(self, turn: _Turn, calls: Sequence[ToolCallRequest]) -> list[ToolOutcome]:
         for call in calls:
             await turn.emit(ToolStarted(call))
-        context = ToolContext(
-            user_id=turn.request.user_id, language=turn.language, timezone=turn.timezone
+
+        async def finished(outcome: ToolOutcome) -> None:
+            await turn.emit(ToolFinished(outcome))
+
+        allowed = min(
+            self._settings.max_tool_calls_per_round,
+            self._settings.max_tool_calls_per_turn - turn.tool_calls_run,
         )
         outcomes = await self._parts.tools.run(
-            calls, context, deadline=turn.deadline, seen=turn.seen
+            calls,
+            turn.context,
+            deadline=turn.deadline,
+            seen=turn.seen,
+            allowed=max(0, allowed),
+            on_finish=finished,
         )
         for outcome in outcomes:
             if outcome.status in (ToolStatus.FALLBACK, ToolStatus.CIRCUIT_OPEN):
                 turn.degrade("tools")
+            if outcome.status not in (ToolStatus.DEDUPLICATED, ToolStatus.REJECTED):
+                turn.tool_calls_run += 1
             turn.outcomes.append(outcome)
-            await turn.emit(ToolFinished(outcome))
         return outcomes
 
     async def _emotion(self, turn: _Turn, emotion_task: asyncio.Task[Emotion | None]) -> Emotion:
         try:
             emotion = await asyncio.wait_for(
-                asyncio.shield(emotion_task), max(0.0, turn.remaining())
+                asyncio.shield(emotion_task), max(0.0, turn.deadline.remaining())
             )
         except TimeoutError:
             emotion = None
@@ -517,19 +650,12 @@ class Agent:
         return emotion
 
     def _system_prompt(self, turn: _Turn) -> str:
-        ending = self._persona.ending(turn.language)
         now = datetime.now(resolve_zone(turn.timezone)).strftime("%Y-%m-%d %H:%M %Z")
-        return (
-            "You are Tama, a friendly, curious cat who chats with people. "
-            f"Always answer in {_LANGUAGE_NAMES[turn.language]} only, in at most "
-            f"{self._persona.max_reply_chars} characters, and end every reply with "
-            f"「{ending}」. Use the tools for the time, the weather, today's fortune and any "
-            "arithmetic instead of guessing; after they answer, reply from their results and "
-            "say so plainly when a tool could not help. "
-            f"The user's time zone is {turn.timezone}; it is now {now} there."
+        return persona.system_prompt(
+            turn.language, self._persona, timezone=turn.timezone, local_time=now
         )
 
-    # -- delivering the reply -----------------------------------------------------------------
+    # -- delivering the reply ---------------------------------------------------------------
 
     async def _stream_text(self, turn: _Turn, reply: str) -> None:
         for sentence in split_sentences(reply):
@@ -540,97 +666,31 @@ class Agent:
         for the unary answer; empty, and the turn degraded, when the speech service fails."""
         pieces: list[bytes] = []
         try:
-            async for chunk in self._parts.speech.stream(
+            chunks: AsyncIterator[Any] = self._parts.speech.stream(
                 reply, turn.language, deadline=turn.deadline
-            ):
+            )
+            async for chunk in chunks:
                 await turn.emit(AudioPiece(chunk.sequence, chunk.text, chunk.wav))
                 pieces.append(chunk.wav)
         except SpeechUnavailable as exc:
-            logger.warning("speech unavailable", extra={"error": str(exc)})
+            logger.info("speech unavailable", extra={"error": str(exc)})
             turn.degrade("tts")
             return b""
         return join_wavs(pieces) if pieces else b""
 
 
-# -- helpers ----------------------------------------------------------------------------------
+# -- helpers ---------------------------------------------------------------------------------
 
 
 def split_sentences(text: str) -> list[str]:
     return [part for part in _SENTENCE_END.split(text) if part]
 
 
-def _place_of_zone(zone: str) -> str:
-    """A place to ask the weather for when the user named none: their zone's city."""
-    if "/" not in zone:
-        return ""
-    return zone.rsplit("/", 1)[1].replace("_", " ")
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _history_messages(history: Sequence[HistoryTurn]) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    for past in history:
-        messages.append({"role": "user", "content": past.user})
-        messages.append({"role": "assistant", "content": past.assistant})
-    return messages
-
-
-def _assistant_tool_message(reply: LlmReply) -> dict[str, Any]:
-    return {
-        "role": "assistant",
-        "content": reply.content or None,
-        "tool_calls": [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            }
-            for call in reply.tool_calls
-        ],
-    }
-
-
-def _tool_result_message(outcome: ToolOutcome) -> dict[str, Any]:
-    return {
-        "role": "tool",
-        "tool_call_id": outcome.call.id,
-        "content": json.dumps(outcome.result, ensure_ascii=False),
-    }
-
-
-def encode_result(result: TurnResult) -> bytes:
-    """The answer kept for a retried request id (without audio, which is not worth keeping)."""
-    body = asdict(result)
-    body["audio"] = ""
-    body["tool_outcomes"] = [
-        {
-            "call": asdict(o.call),
-            "status": int(o.status),
-            "result": o.result,
-            "duration_seconds": o.duration_seconds,
-        }
-        for o in result.tool_outcomes
-    ]
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def decode_result(data: bytes) -> TurnResult:
-    body = json.loads(data)
-    return TurnResult(
-        reply=body["reply"],
-        language=body["language"],
-        emotion=Emotion(**body["emotion"]),
-        tool_outcomes=tuple(
-            ToolOutcome(
-                ToolCallRequest(**o["call"]),
-                ToolStatus(o["status"]),
-                o["result"],
-                o["duration_seconds"],
-            )
-            for o in body["tool_outcomes"]
-        ),
-        usage=TurnUsage(**body["usage"]),
-        degraded=tuple(body["degraded"]),
-        request_id=body["request_id"],
-        trace_id=body["trace_id"],
-        replayed=True,
-    )
+def _model_label(answered: str, configured: str) -> str:
+    """A metric label from the provider's model name only when it is the configured model (or
+    a dated name of it): anything else the provider says would grow the series without bound."""
+    return answered if answered.startswith(configured) and len(answered) <= 64 else configured

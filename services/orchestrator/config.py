@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -26,6 +26,10 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 }
 
 
+def _has_price(prices: dict[str, tuple[float, float]], model: str) -> bool:
+    return any(model.startswith(name) for name in prices)
+
+
 class OrchestratorSettings(ServiceSettings):
     SERVICE_NAME: ClassVar[str] = "orchestrator"
 
@@ -36,7 +40,9 @@ class OrchestratorSettings(ServiceSettings):
     emotion_addr: str = "127.0.0.1:50054"
     speech_addr: str = "127.0.0.1:50053"
 
-    # Comma-separated bearer tokens; empty turns authentication off (and says so in the log).
+    # Comma-separated bearer tokens, each "name:token" (the name is the caller's identity for
+    # quotas and logs) or a bare token (named "token-1", "token-2", ... by position); empty turns
+    # authentication off (and says so in the log).
     chat_api_tokens: SecretStr = SecretStr("")
 
     openai_api_key: SecretStr = SecretStr("")
@@ -45,15 +51,29 @@ class OrchestratorSettings(ServiceSettings):
     llm_timeout_seconds: Seconds = 20.0
     llm_max_retries: Annotated[int, Field(ge=0, le=5)] = 2
     llm_prices: dict[str, tuple[float, float]] = Field(default_factory=lambda: DEFAULT_PRICES)
+    # The bound on every completion, corrective retries included; 0 derives it from
+    # MAX_REPLY_CHARS (two tokens a character, at least 256: room for tool calls too).
+    llm_max_tokens: Annotated[int, Field(ge=0, le=100_000)] = 0
+    # How the bound is sent: "max_tokens" (vLLM, Ollama, llama.cpp, OpenAI's chat models) or
+    # "max_completion_tokens" (OpenAI's reasoning models).
+    llm_max_tokens_parameter: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
     max_message_chars: Annotated[int, Field(ge=1, le=100_000)] = 4000
     max_reply_chars: Annotated[int, Field(ge=20, le=10_000)] = 400
     max_tool_rounds: Annotated[int, Field(ge=0, le=10)] = 3
+    # Tool calls of one LLM response that are run; the rest get an error result. And per turn.
+    max_tool_calls_per_round: Annotated[int, Field(ge=1, le=64)] = 8
+    max_tool_calls_per_turn: Annotated[int, Field(ge=1, le=256)] = 16
     persona_endings: dict[str, str] = Field(
         default_factory=lambda: {"ja": "にゃん", "en": "nyan", "ko": "냥"}
     )
     default_timezone: Timezone = "UTC"
     default_language: Language = "ja"
+    # Where the weather is looked up for a user who named no place, has asked about none
+    # before, and whose time zone names no city.
+    default_place: Annotated[str, Field(min_length=1, max_length=100)] = "東京"
+    # The planner takes places only from names its gazetteer knows (cities above this).
+    gazetteer_min_population: Annotated[int, Field(ge=0)] = 15000
 
     # A turn without a caller deadline gets this one.
     turn_timeout_seconds: Seconds = 30.0
@@ -73,8 +93,12 @@ class OrchestratorSettings(ServiceSettings):
     user_burst: PositiveInt = 10
     global_rate_per_second: Annotated[float, Field(gt=0)] = 200.0
     global_burst: PositiveInt = 400
+    # Each caller (named token or client certificate) over all of its users.
+    caller_rate_per_minute: Annotated[float, Field(gt=0)] = 600.0
+    caller_burst: PositiveInt = 100
     # 0 means no budget.
     user_daily_budget_usd: Money = 1.0
+    caller_daily_budget_usd: Money = 100.0
     global_monthly_budget_usd: Money = 1000.0
 
     @field_validator("llm_prices", mode="before")
@@ -98,12 +122,55 @@ class OrchestratorSettings(ServiceSettings):
             raise ValueError(f"PERSONA_ENDINGS / MAX_REPLY_CHARS: {exc}") from None
         return self
 
+    @model_validator(mode="after")
+    def _priced(self) -> Self:
+        # Money never fails open: with a budget set, the model must have a price.
+        budgets = (
+            self.user_daily_budget_usd,
+            self.caller_daily_budget_usd,
+            self.global_monthly_budget_usd,
+        )
+        if self.uses_openai and any(budgets) and not _has_price(self.llm_prices, self.llm_model):
+            raise ValueError(
+                f"LLM_PRICES: no price for LLM_MODEL {self.llm_model!r}, so budgets could not "
+                "be kept; add it, e.g. LLM_PRICES='{\"my-model\": [0.2, 0.8]}' (USD per "
+                "million prompt and completion tokens)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tokens(self) -> Self:
+        try:
+            self.api_tokens  # noqa: B018 - parsed for its errors
+        except ValueError as exc:
+            raise ValueError(f"CHAT_API_TOKENS: {exc}") from None
+        return self
+
+    @property
+    def max_tokens(self) -> int:
+        return self.llm_max_tokens or max(256, 2 * self.max_reply_chars)
+
     def persona(self) -> PersonaConfig:
         return PersonaConfig(endings=self.persona_endings, max_reply_chars=self.max_reply_chars)
 
     @property
-    def api_tokens(self) -> list[str]:
-        return [t.strip() for t in self.chat_api_tokens.get_secret_value().split(",") if t.strip()]
+    def api_tokens(self) -> dict[str, str]:
+        """The callers by name, each with its token."""
+        named: dict[str, str] = {}
+        entries = [t.strip() for t in self.chat_api_tokens.get_secret_value().split(",")]
+        for position, entry in enumerate((e for e in entries if e), start=1):
+            name, colon, token = entry.partition(":")
+            if not colon:
+                name, token = f"token-{position}", entry
+            name, token = name.strip(), token.strip()
+            if not name or not token:
+                raise ValueError(f"entry {position} must be name:token or a token")
+            if name in named:
+                raise ValueError(f"the caller name {name!r} is given twice")
+            if token in named.values():
+                raise ValueError(f"entry {position} repeats another caller's token")
+            named[name] = token
+        return named
 
     @property
     def uses_openai(self) -> bool:

@@ -1,4 +1,5 @@
-"""Per-user and global rate limits: GCRA, in-process or in Redis (shared by all replicas).
+"""Rate limits per user, per caller and global: GCRA, in-process or in Redis (shared by all
+replicas).
 
 GCRA (the generic cell rate algorithm) keeps one number per limit, the theoretical arrival time
 (TAT): when the limit would be back to idle if requests had come at exactly the sustained rate.
@@ -6,12 +7,14 @@ A request at `now` conforms when `TAT + interval - burst * interval <= now`; it 
 `max(TAT, now) + interval`. A refused request does not move TAT, and its retry-after is exactly
 the time until it would conform. One number per key means no buckets to refill and no timers.
 
-A request passes the global limit first, then the user's. A request that the user's limit
-refuses has already taken a global slot, so that slot is given back at once: otherwise one
-client hammering its own limit would drain the global limit for everyone. In Redis the two
-limits are separate keys in separate cluster slots (no script may span them), so between taking
-and giving back the slot there is a window of one round trip in which the slot looks taken; the
-in-process limiter decides both limits before changing either and has no such window.
+A request must pass the global limit, its caller's and its user's. Users are counted by their
+look-alike spelling (`keys.lookalike`), and every user of a caller also counts against the
+caller's own limit, so rotating or look-alike user ids cannot multiply one caller's allowance.
+A request refused by one limit takes no slot from the others: otherwise one client hammering
+its own limit would drain the global limit for everyone. In Redis the three limits are keys in
+three cluster slots (no script may span them): all three are taken in one round trip and the
+slots taken are given back at once when one refuses, so for one round trip a refused request's
+slots look taken; the in-process limiter decides all three before changing any.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
-from services.orchestrator.keys import global_key, user_key
+from services.orchestrator.keys import caller_key, global_key, lookalike, user_key
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +59,14 @@ class Rate:
 class Decision:
     allowed: bool
     retry_after_seconds: float  # 0 when allowed
-    scope: str  # "user" or "global" (which limit refused), "" when allowed
+    scope: str  # "user", "caller" or "global" (which limit refused), "" when allowed
 
 
 ALLOWED = Decision(allowed=True, retry_after_seconds=0.0, scope="")
 
 
 class RateLimiter(Protocol):
-    async def check(self, user_id: str) -> Decision: ...
+    async def check(self, user_id: str, caller: str = "") -> Decision: ...
 
     async def erase(self, user_id: str) -> int: ...
 
@@ -77,7 +80,8 @@ def _gcra(tat: float | None, now: float, rate: Rate) -> tuple[float, float]:
 
 
 class MemoryRateLimiter:
-    """GCRA in this process, for one replica. At most `max_users` users are tracked (LRU).
+    """GCRA in this process, for one replica. At most `max_users` users and as many callers are
+    tracked (LRU).
 
     Evicting a user forgets their TAT, which only matters while it is in the future (a user busy
     right now); the least recently seen user almost never is, so size `max_users` above the
@@ -89,41 +93,55 @@ class MemoryRateLimiter:
         *,
         user: Rate,
         global_: Rate,
+        caller: Rate | None = None,
         max_users: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_users < 1:
             raise ValueError("max_users must be at least 1")
         self._user = user
+        self._caller = caller
         self._global = global_
         self._max_users = max_users
         self._clock = clock
         self._global_tat: float | None = None
         self._user_tats: OrderedDict[str, float] = OrderedDict()
+        self._caller_tats: OrderedDict[str, float] = OrderedDict()
 
     def __len__(self) -> int:
         """How many users are tracked."""
         return len(self._user_tats)
 
-    async def check(self, user_id: str) -> Decision:
-        # No await in here: deciding and committing both limits is atomic on the event loop.
+    def _remember(self, table: OrderedDict[str, float], key: str, tat: float) -> None:
+        table[key] = tat
+        table.move_to_end(key)
+        while len(table) > self._max_users:
+            table.popitem(last=False)
+
+    async def check(self, user_id: str, caller: str = "") -> Decision:
+        # No await in here: deciding and committing all limits is atomic on the event loop.
         now = self._clock()
+        user = lookalike(user_id)
         global_tat, global_wait = _gcra(self._global_tat, now, self._global)
         if global_wait:
             return Decision(allowed=False, retry_after_seconds=global_wait, scope="global")
-        user_tat, user_wait = _gcra(self._user_tats.get(user_id), now, self._user)
+        caller_tat = 0.0
+        if self._caller is not None:
+            caller_tat, caller_wait = _gcra(self._caller_tats.get(caller), now, self._caller)
+            if caller_wait:
+                return Decision(allowed=False, retry_after_seconds=caller_wait, scope="caller")
+        user_tat, user_wait = _gcra(self._user_tats.get(user), now, self._user)
         if user_wait:
-            self._user_tats.move_to_end(user_id)  # present: a refusal implies a TAT ahead of now
+            self._user_tats.move_to_end(user)  # present: a refusal implies a TAT ahead of now
             return Decision(allowed=False, retry_after_seconds=user_wait, scope="user")
         self._global_tat = global_tat
-        self._user_tats[user_id] = user_tat
-        self._user_tats.move_to_end(user_id)
-        while len(self._user_tats) > self._max_users:
-            self._user_tats.popitem(last=False)
+        if self._caller is not None:
+            self._remember(self._caller_tats, caller, caller_tat)
+        self._remember(self._user_tats, user, user_tat)
         return ALLOWED
 
     async def erase(self, user_id: str) -> int:
-        return 1 if self._user_tats.pop(user_id, None) is not None else 0
+        return 1 if self._user_tats.pop(lookalike(user_id), None) is not None else 0
 
 
 # KEYS[1]: the limit's key. ARGV: interval in microseconds, burst, "take" or "give".
@@ -160,37 +178,54 @@ return {1, 0}
 class RedisRateLimiter:
     """GCRA in Redis, shared by all replicas: one atomic script per limit.
 
-    Keys: `user_key(user_id, "ratelimit")` and `global_key("ratelimit")`, each holding a TAT and
-    expiring when it is reached (an idle limit has no key). The client is the caller's.
+    Keys: `user_key(lookalike(user_id), "ratelimit")`, `caller_key(caller, "ratelimit")` and
+    `global_key("ratelimit")`, each holding a TAT and expiring when it is reached (an idle limit
+    has no key). The client is the caller's.
     """
 
-    def __init__(self, client: redis.Redis, *, user: Rate, global_: Rate) -> None:
+    def __init__(
+        self, client: redis.Redis, *, user: Rate, global_: Rate, caller: Rate | None = None
+    ) -> None:
         self._client = client
         self._user = user
+        self._caller = caller
         self._global = global_
         self._script = client.register_script(_GCRA_SCRIPT)
         self._global_key = global_key("ratelimit")
 
-    async def _run(self, key: str, rate: Rate, action: str) -> float:
-        """Seconds until a request conforms (0: it did, and took its slot)."""
-        allowed, wait_us = await self._script(
-            keys=[key], args=[repr(rate.interval * 1_000_000), rate.burst, action]
-        )
-        return 0.0 if int(allowed) else int(wait_us) / 1_000_000
+    @staticmethod
+    def _args(rate: Rate, action: str) -> list[str | int]:
+        return [repr(rate.interval * 1_000_000), rate.burst, action]
 
-    async def check(self, user_id: str) -> Decision:
-        global_wait = await self._run(self._global_key, self._global, "take")
-        if global_wait:
-            return Decision(allowed=False, retry_after_seconds=global_wait, scope="global")
-        user_wait = await self._run(user_key(user_id, "ratelimit"), self._user, "take")
-        if user_wait:
-            try:
-                await self._run(self._global_key, self._global, "give")
-            except (RedisError, OSError) as exc:
-                # The slot comes back by itself within one interval; the refusal stands.
-                logger.warning("returning a global rate slot failed", extra={"error": repr(exc)})
-            return Decision(allowed=False, retry_after_seconds=user_wait, scope="user")
-        return ALLOWED
+    async def check(self, user_id: str, caller: str = "") -> Decision:
+        limits: list[tuple[str, str, Rate]] = [("global", self._global_key, self._global)]
+        if self._caller is not None:
+            limits.append(("caller", caller_key(caller, "ratelimit"), self._caller))
+        limits.append(("user", user_key(lookalike(user_id), "ratelimit"), self._user))
+        async with self._client.pipeline(transaction=False) as pipe:
+            for _, key, rate in limits:
+                pipe.evalsha(self._script.sha, 1, key, *self._args(rate, "take"))
+            results = await pipe.execute(raise_on_error=False)
+        for index, result in enumerate(results):
+            if isinstance(result, NoScriptError):
+                # A server that restarted lost its scripts; that call ran nothing.
+                _, key, rate = limits[index]
+                results[index] = await self._script(keys=[key], args=self._args(rate, "take"))
+            elif isinstance(result, Exception):
+                raise result
+        waits = [0.0 if int(allowed) else int(wait_us) / 1_000_000 for allowed, wait_us in results]
+        refused = next((index for index, wait in enumerate(waits) if wait), None)
+        if refused is None:
+            return ALLOWED
+        taken = [limits[index] for index, wait in enumerate(waits) if not wait]
+        try:
+            for _, key, rate in taken:
+                await self._script(keys=[key], args=self._args(rate, "give"))
+        except (RedisError, OSError) as exc:
+            # A slot comes back by itself within one interval; the refusal stands.
+            logger.warning("returning a rate slot failed", extra={"error": type(exc).__name__})
+        scope = limits[refused][0]
+        return Decision(allowed=False, retry_after_seconds=waits[refused], scope=scope)
 
     async def erase(self, user_id: str) -> int:
-        return int(await self._client.delete(user_key(user_id, "ratelimit")))
+        return int(await self._client.delete(user_key(lookalike(user_id), "ratelimit")))

@@ -1,5 +1,9 @@
 """The LLM backend: one chat completion against any OpenAI-compatible endpoint, within a budget.
 
+The turn speaks neutral messages (`model.Message`) and tool specs; this adapter alone knows the
+Chat Completions wire format: it builds the request body from them and reads the reply back into
+an `LlmReply`, trusting nothing in it.
+
 Retries are ours, not the openai client's (it is built with max_retries=0). Read in
 openai 3.57.0's `_base_client.py`: the client honours Retry-After / retry-after-ms, but sleeps
 for up to two minutes regardless of any caller's budget, and also retries 408/409 and whatever
@@ -19,7 +23,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Final, Literal, Protocol, cast
 
 import httpx
 import openai
@@ -27,7 +31,15 @@ from openai.types.chat import (
     ChatCompletion,
 )
 
-from services.orchestrator.model import TokenUsage, ToolCallRequest
+from services.orchestrator.model import (
+    AssistantMessage,
+    Message,
+    SystemMessage,
+    ToolCallRequest,
+    ToolResultMessage,
+    UserMessage,
+)
+from services.orchestrator.toolspec import ToolSpec
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +49,55 @@ MAX_BACKOFF_SECONDS = 8.0
 # An attempt that may still be retried gets this share of the remaining budget, so one stuck
 # connection cannot use it all; the last attempt gets whatever is left.
 ATTEMPT_BUDGET_SHARE = 0.5
+# Per-message framing the providers count on top of the text (role, separators), and a floor
+# under every estimate; generous on purpose, since the estimate is a budget's worst case.
+_TOKENS_PER_MESSAGE: Final = 8
+_TOKENS_BASE: Final = 16
+
+MaxTokensParameter = Literal["max_tokens", "max_completion_tokens"]
+
+
+@dataclass(frozen=True, slots=True)
+class LlmRequest:
+    """One completion: the conversation so far, the tools offered, the completion's bound."""
+
+    messages: Sequence[Message]
+    tools: Sequence[ToolSpec]
+    max_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
 class LlmReply:
     content: str
     tool_calls: list[ToolCallRequest]
-    usage: TokenUsage
+    prompt_tokens: int
+    completion_tokens: int
     model: str
+    truncated: bool = False  # the provider stopped at max_tokens
+
+
+def estimate_prompt_tokens(request: LlmRequest) -> int:
+    """An upper estimate of the prompt's tokens: one per two UTF-8 bytes of its text and of the
+    tool schemas, plus framing. Tokenizers give about one token per four bytes of English and
+    per two to three bytes of Japanese or Korean (each character three bytes, one or 1.5
+    tokens), so the estimate is above the truth for the text this agent sees."""
+    size = 0
+    for message in request.messages:
+        if isinstance(message, SystemMessage | UserMessage):
+            size += _utf8_len(message.text)
+        elif isinstance(message, AssistantMessage):
+            size += _utf8_len(message.text)
+            size += sum(
+                _utf8_len(c.name) + _utf8_len(c.arguments) + len(c.id) for c in message.tool_calls
+            )
+        else:
+            size += len(message.call_id) + _utf8_len(_result_json(message.result))
+    size += sum(len(_tool_json(spec)) for spec in request.tools)
+    return _TOKENS_BASE + (size + 1) // 2 + _TOKENS_PER_MESSAGE * len(request.messages)
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 class LlmError(Exception):
@@ -60,13 +113,7 @@ class LlmTimeout(LlmError):
 
 
 class Llm(Protocol):
-    async def complete(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]],
-        *,
-        timeout_seconds: float,
-    ) -> LlmReply: ...
+    async def complete(self, request: LlmRequest, *, timeout_seconds: float) -> LlmReply: ...
 
 
 class OpenAIChat:
@@ -81,6 +128,7 @@ class OpenAIChat:
         max_retries: int = 2,
         http_client: httpx.AsyncClient | None = None,
         temperature: float | None = None,
+        max_tokens_parameter: MaxTokensParameter = "max_tokens",
     ) -> None:
         if not api_key:
             # The openai client would fail with a message about its own environment variables.
@@ -90,6 +138,7 @@ class OpenAIChat:
         self._model = model
         self._max_retries = max_retries
         self._temperature = temperature
+        self._max_tokens_parameter = max_tokens_parameter
         self._owns_http_client = http_client is None
         self.client = openai.AsyncOpenAI(
             api_key=api_key,
@@ -99,18 +148,13 @@ class OpenAIChat:
             http_client=cast(Any, http_client),
         )
 
-    async def complete(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]],
-        *,
-        timeout_seconds: float,
-    ) -> LlmReply:
+    async def complete(self, request: LlmRequest, *, timeout_seconds: float) -> LlmReply:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds
+        body = self._body(request)
         try:
             async with asyncio.timeout_at(deadline):
-                completion = await self._create_with_retries(messages, tools, deadline)
+                completion = await self._create_with_retries(body, deadline)
         except TimeoutError as exc:
             raise LlmTimeout(f"LLM gave no answer within {timeout_seconds:.3g}s") from exc
         return _reply_from(completion, self._model)
@@ -120,12 +164,20 @@ class OpenAIChat:
         if self._owns_http_client:
             await self.client.close()
 
-    async def _create_with_retries(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]],
-        deadline: float,
-    ) -> ChatCompletion:
+    def _body(self, request: LlmRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self._model,
+            "messages": [_wire_message(message) for message in request.messages],
+            self._max_tokens_parameter: request.max_tokens,
+        }
+        if request.tools:
+            body["tools"] = [_tool_definition(spec) for spec in request.tools]
+            body["tool_choice"] = "auto"
+        if self._temperature is not None:
+            body["temperature"] = self._temperature
+        return body
+
+    async def _create_with_retries(self, body: dict[str, Any], deadline: float) -> ChatCompletion:
         loop = asyncio.get_running_loop()
         failure: openai.APIError
         delay: float
@@ -136,7 +188,7 @@ class OpenAIChat:
             last = attempt == self._max_retries
             attempt_timeout = remaining if last else remaining * ATTEMPT_BUDGET_SHARE
             try:
-                return await self._create(messages, tools, attempt_timeout)
+                return await self._create(body, attempt_timeout)
             except openai.APITimeoutError as exc:
                 if last or deadline - loop.time() <= 0:
                     raise TimeoutError from exc
@@ -171,18 +223,7 @@ class OpenAIChat:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
-    async def _create(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]],
-        attempt_seconds: float,
-    ) -> ChatCompletion:
-        body: dict[str, Any] = {"model": self._model, "messages": list(messages)}
-        if tools:
-            body["tools"] = list(tools)
-            body["tool_choice"] = "auto"
-        if self._temperature is not None:
-            body["temperature"] = self._temperature
+    async def _create(self, body: dict[str, Any], attempt_seconds: float) -> ChatCompletion:
         # The client's generic `post` (its documented way to send a body as it is) instead of
         # `chat.completions.create`: our messages and tool schemas are plain JSON already, and
         # create() walks them through its TypedDict transformer on every call, about a quarter
@@ -193,6 +234,69 @@ class OpenAIChat:
             body=body,
             options={"timeout": attempt_seconds},
         )
+
+
+# -- the wire format ---------------------------------------------------------------------------
+
+
+def _result_json(result: Mapping[str, Any]) -> str:
+    return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+
+
+_DEFINITIONS: dict[str, dict[str, Any]] = {}
+
+
+def _tool_definition(spec: ToolSpec) -> dict[str, Any]:
+    """The Chat Completions "tools" entry of a spec, built once per tool."""
+    definition = _DEFINITIONS.get(spec.name)
+    if definition is None:
+        definition = _DEFINITIONS[spec.name] = {
+            "type": "function",
+            "function": {
+                "name": spec.name,
+                "description": spec.description,
+                "parameters": spec.parameters,
+            },
+        }
+    return definition
+
+
+_TOOL_JSON: dict[str, str] = {}
+
+
+def _tool_json(spec: ToolSpec) -> str:
+    text = _TOOL_JSON.get(spec.name)
+    if text is None:
+        text = _TOOL_JSON[spec.name] = json.dumps(_tool_definition(spec), ensure_ascii=True)
+    return text
+
+
+def _wire_message(message: Message) -> dict[str, Any]:
+    if isinstance(message, SystemMessage):
+        return {"role": "system", "content": message.text}
+    if isinstance(message, UserMessage):
+        return {"role": "user", "content": message.text}
+    if isinstance(message, AssistantMessage):
+        if not message.tool_calls:
+            return {"role": "assistant", "content": message.text}
+        return {
+            "role": "assistant",
+            "content": message.text or None,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in message.tool_calls
+            ],
+        }
+    assert isinstance(message, ToolResultMessage)
+    return {
+        "role": "tool",
+        "tool_call_id": message.call_id,
+        "content": _result_json(message.result),
+    }
 
 
 def _retryable(status: int) -> bool:
@@ -247,11 +351,10 @@ def _reply_from(completion: object, configured_model: str) -> LlmReply:
     return LlmReply(
         content=content or "",
         tool_calls=[call for call in calls if call is not None],
-        usage=TokenUsage(
-            prompt_tokens=_count(usage, "prompt_tokens"),
-            completion_tokens=_count(usage, "completion_tokens"),
-        ),
-        model=model if isinstance(model, str) and model else configured_model,
+        prompt_tokens=_count(usage, "prompt_tokens"),
+        completion_tokens=_count(usage, "completion_tokens"),
+        model=model[:_MAX_MODEL_CHARS] if isinstance(model, str) and model else configured_model,
+        truncated=getattr(choices[0], "finish_reason", None) == "length",
     )
 
 
@@ -285,6 +388,13 @@ def _tool_call(call: object, index: int) -> ToolCallRequest | None:
     return ToolCallRequest(id=call_id, name=name, arguments=arguments)
 
 
+_MAX_MODEL_CHARS: Final = 100
+# A count beyond this is nonsense (no context window is this large); it is capped, not trusted.
+_MAX_TOKEN_COUNT: Final = 10_000_000
+
+
 def _count(usage: object, name: str) -> int:
     value = getattr(usage, name, None)
-    return value if isinstance(value, int) and value >= 0 else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return min(value, _MAX_TOKEN_COUNT)

@@ -7,22 +7,24 @@ import logging
 from collections.abc import Sequence
 
 import grpc.aio
-import pybreaker
+import redis.asyncio as redis
 
 from chatagent.v1 import chat_pb2, chat_pb2_grpc, emotion_pb2, speech_pb2, tools_pb2
 from services.common import redisconn, server
 from services.common.auth import BearerTokenInterceptor
-from services.common.breakers import make_breaker
+from services.common.breakers import BreakerBoard
 from services.common.channels import open_channel
+from services.common.gazetteer import load_gazetteer
 from services.common.language import warm_up
 from services.orchestrator.agent import Agent, AgentParts
 from services.orchestrator.clients import EmotionClient, SpeechClient, ToolRunner, is_caller_error
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.limits import MemoryRateLimiter, Rate, RedisRateLimiter
-from services.orchestrator.llm import Llm, OpenAIChat
+from services.orchestrator.limits import MemoryRateLimiter, Rate, RateLimiter, RedisRateLimiter
+from services.orchestrator.llm import Llm, LlmTimeout, OpenAIChat
 from services.orchestrator.servicer import ChatServicer
-from services.orchestrator.sessions import MemorySessionStore, RedisSessionStore
-from services.orchestrator.usage import MemoryUsageLedger, RedisUsageLedger
+from services.orchestrator.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from services.orchestrator.toolspec import tool_specs
+from services.orchestrator.usage import Budgets, Ledger, MemoryLedger, RedisLedger
 
 logger = logging.getLogger(__name__)
 
@@ -33,45 +35,75 @@ def _service(module: object, name: str) -> str:
     return str(module.DESCRIPTOR.services_by_name[name].full_name)  # type: ignore[attr-defined]
 
 
-async def setup(host: server.ServiceHost, settings: OrchestratorSettings) -> None:
+def stores(
+    settings: OrchestratorSettings, client: redis.Redis | None
+) -> tuple[SessionStore, RateLimiter, Ledger]:
+    """The session store, the rate limiter and the ledger: in Redis when a client is given,
+    else in this process."""
     user_rate = Rate(per_second=settings.user_rate_per_minute / 60, burst=settings.user_burst)
+    caller_rate = Rate(per_second=settings.caller_rate_per_minute / 60, burst=settings.caller_burst)
     global_rate = Rate(per_second=settings.global_rate_per_second, burst=settings.global_burst)
+    budgets = Budgets(
+        user_daily_usd=settings.user_daily_budget_usd,
+        caller_daily_usd=settings.caller_daily_budget_usd,
+        global_monthly_usd=settings.global_monthly_budget_usd,
+    )
+    if client is not None:
+        # The ledger reads each user's epoch from the session store's keys, in the same slot.
+        return (
+            RedisSessionStore(
+                client,
+                max_turns=settings.history_max_turns,
+                max_bytes=settings.history_max_bytes,
+                ttl_seconds=settings.session_ttl_seconds,
+            ),
+            RedisRateLimiter(client, user=user_rate, caller=caller_rate, global_=global_rate),
+            RedisLedger(client, budgets),
+        )
+    sessions = MemorySessionStore(
+        max_users=settings.max_sessions,
+        max_turns=settings.history_max_turns,
+        max_bytes=settings.history_max_bytes,
+        ttl_seconds=settings.session_ttl_seconds,
+    )
+    return (
+        sessions,
+        MemoryRateLimiter(user=user_rate, caller=caller_rate, global_=global_rate),
+        MemoryLedger(budgets, erasures=sessions.erasures),
+    )
+
+
+async def setup(host: server.ServiceHost, settings: OrchestratorSettings) -> None:
+    # A ToolService RPC this orchestrator cannot offer stops the start, naming it.
+    tool_specs()
+    client: redis.Redis | None = None
     if settings.redis_url:
         client = redisconn.connect(settings.redis_url, settings.redis_timeout_seconds)
-        host.add_readiness_check("redis", client.ping)
         host.add_closer("redis", client.aclose)
-        sessions: MemorySessionStore | RedisSessionStore = RedisSessionStore(
-            client,
-            max_turns=settings.history_max_turns,
-            max_bytes=settings.history_max_bytes,
-            ttl_seconds=settings.session_ttl_seconds,
-        )
-        limiter: MemoryRateLimiter | RedisRateLimiter = RedisRateLimiter(
-            client, user=user_rate, global_=global_rate
-        )
-        ledger: MemoryUsageLedger | RedisUsageLedger = RedisUsageLedger(client)
-    else:
-        sessions = MemorySessionStore(
-            max_users=settings.max_sessions,
-            max_turns=settings.history_max_turns,
-            max_bytes=settings.history_max_bytes,
-            ttl_seconds=settings.session_ttl_seconds,
-        )
-        limiter = MemoryRateLimiter(user=user_rate, global_=global_rate)
-        ledger = MemoryUsageLedger()
+        # Sessions, limits and budgets live there: without Redis no turn can be served, so
+        # readiness follows it for the life of the process.
+        host.add_dependency_monitor("redis", client.ping)
+    sessions, limiter, ledger = stores(settings, client)
 
-    def breaker(name: str) -> pybreaker.CircuitBreaker:
-        return make_breaker(
+    board = BreakerBoard(client)
+    breakers = {
+        name: board.breaker(
             name,
             fail_max=settings.breaker_fail_max,
             reset_seconds=settings.breaker_reset_seconds,
-            redis_url=settings.redis_url,
-            exclude=[is_caller_error],
+            is_caller_error=is_caller_error,
         )
-
-    breakers = await asyncio.to_thread(
-        lambda: {name: breaker(name) for name in ("tools", "emotion", "speech", "llm")}
+        for name in ("tools", "emotion", "speech")
+    }
+    llm_breaker = board.breaker(
+        "llm",
+        fail_max=settings.breaker_fail_max,
+        reset_seconds=settings.breaker_reset_seconds,
+        is_timeout=lambda error: isinstance(error, LlmTimeout),
     )
+    host.add_readiness_check("breakers", board.start)
+    host.add_closer("breakers", board.aclose)
+
     channels = {
         "tools": open_channel(settings.tools_addr, [_service(tools_pb2, "ToolService")]),
         "emotion": open_channel(settings.emotion_addr, [_service(emotion_pb2, "EmotionService")]),
@@ -87,6 +119,7 @@ async def setup(host: server.ServiceHost, settings: OrchestratorSettings) -> Non
             base_url=settings.openai_base_url or None,
             model=settings.llm_model,
             max_retries=settings.llm_max_retries,
+            max_tokens_parameter=settings.llm_max_tokens_parameter,
         )
         host.add_closer("llm", openai_chat.aclose)
         llm = openai_chat
@@ -94,27 +127,34 @@ async def setup(host: server.ServiceHost, settings: OrchestratorSettings) -> Non
     else:
         logger.info("LLM: the local planner (no OPENAI_API_KEY or OPENAI_BASE_URL)")
 
-    parts = AgentParts(
-        sessions=sessions,
-        limiter=limiter,
-        ledger=ledger,
-        tools=ToolRunner(
-            channels["tools"], breakers["tools"], timeout_seconds=settings.tool_timeout_seconds
+    places = await asyncio.to_thread(load_gazetteer, settings.gazetteer_min_population)
+    agent = Agent(
+        settings,
+        AgentParts(
+            sessions=sessions,
+            limiter=limiter,
+            ledger=ledger,
+            tools=ToolRunner(
+                channels["tools"], breakers["tools"], timeout_seconds=settings.tool_timeout_seconds
+            ),
+            emotion=EmotionClient(
+                channels["emotion"],
+                breakers["emotion"],
+                timeout_seconds=settings.emotion_timeout_seconds,
+            ),
+            speech=SpeechClient(
+                channels["speech"],
+                breakers["speech"],
+                timeout_seconds=settings.speech_timeout_seconds,
+            ),
+            llm=llm,
+            llm_breaker=llm_breaker,
+            places=places,
         ),
-        emotion=EmotionClient(
-            channels["emotion"],
-            breakers["emotion"],
-            timeout_seconds=settings.emotion_timeout_seconds,
-        ),
-        speech=SpeechClient(
-            channels["speech"], breakers["speech"], timeout_seconds=settings.speech_timeout_seconds
-        ),
-        llm=llm,
-        llm_breaker=breakers["llm"],
     )
-    chat_pb2_grpc.add_ChatServiceServicer_to_server(
-        ChatServicer(Agent(settings, parts), settings), host.server
-    )
+    # Closed before the channels and Redis: what is still being recorded gets its moment.
+    host.add_closer("agent", agent.aclose)
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(agent, settings), host.server)
     # The language model loads in about half a second; not on the event loop, and not per turn.
     host.add_readiness_check("language model", lambda: asyncio.to_thread(warm_up))
 
@@ -124,7 +164,7 @@ def interceptors(settings: OrchestratorSettings) -> Sequence[grpc.aio.ServerInte
     if not tokens:
         logger.warning(
             "AUTHENTICATION IS OFF: CHAT_API_TOKENS is empty, so any caller may chat; "
-            "set it to a comma-separated list of bearer tokens"
+            "set it to a comma-separated list of name:token pairs"
         )
         return []
     return [BearerTokenInterceptor(tokens)]

@@ -30,3 +30,8 @@ PERSONA = Counter(
     ["outcome"],
 )
 FALLBACKS = Counter("chatagent_degraded_total", "Parts that fell back in a turn.", ["part"])
+UNSETTLED = Counter(
+    "chatagent_usage_unrecorded_total",
+    "LLM usage that could not be recorded in the ledger within an hour of retrying.",
+    ["what"],
+)

@@ -5,38 +5,48 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Final
 
 import grpc
 import grpc.aio
-from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.duration_pb2 import Duration
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from chatagent.v1 import chat_pb2, chat_pb2_grpc, types_pb2
-from services.common.status import abort
+from services.common.auth import caller_of
+from services.common.deadline import Deadline
+from services.common.status import StatusTable
 from services.common.validation import InvalidArgument, check_user_id
 from services.orchestrator.agent import (
     Agent,
-    AudioPiece,
     RateLimited,
+    StoreUnavailable,
+    TurnAborted,
+    TurnTimeout,
+)
+from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.model import (
+    AudioPiece,
     TextDelta,
     ToolFinished,
+    ToolOutcome,
     ToolStarted,
     TurnEvent,
     TurnRequest,
     TurnResult,
-    TurnTimeout,
+    UsageTotals,
 )
-from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.model import ToolOutcome, UsageTotals
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-# Kept back from the caller's deadline so the answer, or the refusal, reaches it in time.
-_ANSWER_MARGIN_SECONDS: Final = 0.05
+# How a turn's domain errors end the call.
+STATUSES: Final = StatusTable(
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TurnTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (TurnAborted, grpc.StatusCode.ABORTED),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+)
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -44,16 +54,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._agent = agent
         self._settings = settings
 
-    def _deadline(self, context: Context) -> float:
-        remaining = context.time_remaining()
-        budget = self._settings.turn_timeout_seconds
-        if remaining is not None:
-            budget = min(budget, remaining - _ANSWER_MARGIN_SECONDS)
-        return time.monotonic() + budget
+    def _deadline(self, context: Context) -> Deadline:
+        return Deadline.from_context(context, default_seconds=self._settings.turn_timeout_seconds)
 
     async def Chat(self, request: chat_pb2.ChatRequest, context: Context) -> chat_pb2.ChatResponse:
-        result = await self._turn(_turn_request(request), context)
-        return _response(result)
+        turn = self._agent.turn(_turn_request(request, context), deadline=self._deadline(context))
+        return _response(await self._outcome(turn, context))
 
     async def StreamChat(
         self, request: chat_pb2.StreamChatRequest, context: Context
@@ -64,7 +70,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             await events.put(event)
 
         turn = asyncio.create_task(
-            self._agent.turn(_turn_request(request), deadline=self._deadline(context), emit=emit)
+            self._agent.turn(
+                _turn_request(request, context), deadline=self._deadline(context), emit=emit
+            )
         )
         turn.add_done_callback(lambda _: events.put_nowait(None))
         try:
@@ -72,6 +80,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 yield _event(event)
             result = await self._outcome(turn, context)
         finally:
+            # The client went away (or the stream ended): the turn stops too.
             turn.cancel()
         final = _response(result)
         final.audio = b""  # streamed already
@@ -80,15 +89,17 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def DeleteUserData(
         self, request: chat_pb2.DeleteUserDataRequest, context: Context
     ) -> chat_pb2.DeleteUserDataResponse:
-        await self._check_user(request.user_id, context)
-        erased = await self._agent.erase(request.user_id)
+        async with STATUSES.translating(context):
+            check_user_id(request.user_id)
+            erased = await self._agent.erase(request.user_id)
         return chat_pb2.DeleteUserDataResponse(erased_records=erased)
 
     async def GetUsage(
         self, request: chat_pb2.GetUsageRequest, context: Context
     ) -> chat_pb2.GetUsageResponse:
-        await self._check_user(request.user_id, context)
-        report = await self._agent.usage(request.user_id)
+        async with STATUSES.translating(context):
+            check_user_id(request.user_id)
+            report = await self._agent.usage(request.user_id)
         return chat_pb2.GetUsageResponse(
             user_today=_totals(report.user_today),
             user_month=_totals(report.user_month),
@@ -96,47 +107,15 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             global_month=_totals(report.global_month),
         )
 
-    async def _check_user(self, user_id: str, context: Context) -> None:
-        try:
-            check_user_id(user_id)
-        except InvalidArgument as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-
-    async def _turn(self, request: TurnRequest, context: Context) -> TurnResult:
-        return await self._outcome(
-            self._agent.turn(request, deadline=self._deadline(context)), context
-        )
-
     async def _outcome(self, turn: Awaitable[TurnResult], context: Context) -> TurnResult:
-        try:
+        async with STATUSES.translating(context):
             return await turn
-        except InvalidArgument as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except RateLimited as exc:
-            await abort(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                str(exc),
-                _retry_metadata(exc.retry_after_seconds, str(exc)),
-            )
-        except TurnTimeout as exc:
-            await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        raise AssertionError("unreachable")  # pragma: no cover - translating() aborts or returns
 
 
-def _retry_metadata(seconds: float, message: str) -> tuple[tuple[str, str | bytes], ...]:
-    """The retry delay as gRPC's standard RetryInfo detail and as plain `retry-after-ms`."""
-    delay = Duration()
-    delay.FromNanoseconds(int(seconds * 1e9))
-    detail = AnyMessage()
-    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[detail])
-    return (
-        ("retry-after-ms", str(max(1, round(seconds * 1000)))),
-        ("grpc-status-details-bin", status.SerializeToString()),
-    )
-
-
-def _turn_request(request: chat_pb2.ChatRequest | chat_pb2.StreamChatRequest) -> TurnRequest:
+def _turn_request(
+    request: chat_pb2.ChatRequest | chat_pb2.StreamChatRequest, context: Context
+) -> TurnRequest:
     return TurnRequest(
         user_id=request.user_id,
         message=request.message,
@@ -144,6 +123,7 @@ def _turn_request(request: chat_pb2.ChatRequest | chat_pb2.StreamChatRequest) ->
         timezone=request.timezone,
         include_audio=request.include_audio,
         request_id=request.request_id,
+        caller=caller_of(context),
     )
 
 

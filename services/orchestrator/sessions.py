@@ -2,14 +2,21 @@
 
 Two stores with one protocol: `MemorySessionStore`, the embedded default (bounded in users, turns,
 bytes, answers and locks), and `RedisSessionStore`, shared by all orchestrator replicas and
-surviving their restarts. Both give a user's lock a TTL so that a holder that hangs or crashes
-never blocks the user for longer than `lock_ttl_seconds`.
+surviving their restarts.
+
+The lock serializes one user's turns. Each acquisition gets a fencing token, a per-user number
+that grows with every acquisition and every erase; the commit is accepted only while the token
+is still the newest. A turn whose lock expired and was taken by a newer turn, or whose user was
+erased meanwhile, therefore stores nothing (`LeaseLost` says which). The lock's TTL is given per
+acquisition (the orchestrator derives it from the turn's deadline), so a holder that hangs or
+crashes never blocks the user for longer than its own turn could have run. Erasing a user never
+deletes a running turn's lock: turns of one user stay serialized across an erase.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import random
 import secrets
 import time
@@ -17,33 +24,63 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 import redis.asyncio as redis
+from redis.exceptions import RedisError
 
 from services.orchestrator import keys
-from services.orchestrator.model import HistoryTurn
+from services.orchestrator.codec import decode_turn, encode_turn
+from services.orchestrator.model import HistoryTurn, Preferences
+
+logger = logging.getLogger(__name__)
 
 # Idempotent answers kept per user, newest first: enough for any client's retries, and a bound on
 # what one user can make either store hold.
-MAX_ANSWERS_PER_USER = 64
+MAX_ANSWERS_PER_USER: Final = 64
 
 # Polling for a busy Redis lock: jittered so that waiting replicas do not retry in step.
-_FIRST_PAUSE_SECONDS = 0.005
-_MAX_PAUSE_SECONDS = 0.05
+_FIRST_PAUSE_SECONDS: Final = 0.005
+_MAX_PAUSE_SECONDS: Final = 0.05
+# The fencing counter outlives any lock by far; it holds two numbers and nothing of the user.
+_FENCE_TTL_SECONDS: Final = 86_400.0
 
 
 class LockTimeout(Exception):
     """The user's lock could not be taken within the time the caller allowed."""
 
 
-class SessionStore(Protocol):
-    async def history(self, user_id: str) -> list[HistoryTurn]:
-        """The user's turns, oldest first; refreshes the history's TTL."""
-        ...
+class LeaseLost(Exception):
+    """The commit was refused: the user was erased, or a newer turn took the lock, while this
+    turn ran. Nothing of the turn was stored."""
 
-    async def timezone(self, user_id: str) -> str:
-        """The user's stored time zone preference, or ""."""
+    def __init__(self, erased: bool) -> None:
+        super().__init__(
+            "the user's data was erased while the turn ran"
+            if erased
+            else "a newer turn of the user took over while this one ran"
+        )
+        self.erased = erased
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The user's lock, held by one turn: its fencing token, and how many erases it has seen."""
+
+    user_id: str
+    token: int
+    erasures: int
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    history: list[HistoryTurn]
+    preferences: Preferences
+
+
+class SessionStore(Protocol):
+    async def load(self, user_id: str) -> Session:
+        """The user's turns (oldest first) and preferences; refreshes their TTL."""
         ...
 
     async def cached_answer(self, user_id: str, request_id: str) -> bytes | None:
@@ -51,51 +88,27 @@ class SessionStore(Protocol):
         ...
 
     async def commit_turn(
-        self, user_id: str, turn: HistoryTurn, *, answer: bytes, timezone: str = ""
+        self, lease: Lease, turn: HistoryTurn, *, answer: bytes, preferences: Preferences
     ) -> None:
-        """Atomically: append the turn (bounded by max_turns and max_bytes, oldest dropped first),
-        refresh the TTL, remember `answer` under turn.request_id (if non-empty) for
-        `answer_ttl_seconds`, and store the timezone preference if given. All or nothing."""
+        """Atomically, if `lease` is still the user's newest: append the turn (bounded by
+        max_turns and max_bytes, oldest dropped first), refresh the TTL, remember `answer`
+        under turn.request_id (if non-empty) for `answer_ttl_seconds`, and store the non-empty
+        preferences. All or nothing; raises LeaseLost when the lease is not the newest."""
         ...
 
     async def erase(self, user_id: str) -> int:
-        """Delete everything of the user; return how many records (turns, answers, preferences)
-        were erased."""
+        """Delete everything of the user and fence off any running turn of theirs; return how
+        many records (turns, answers, preferences) were erased."""
         ...
 
-    def lock(self, user_id: str, *, wait_seconds: float) -> AbstractAsyncContextManager[None]:
-        """Serialize the user's turns; raises LockTimeout after `wait_seconds`."""
+    def lock(
+        self, user_id: str, *, wait_seconds: float, ttl_seconds: float
+    ) -> AbstractAsyncContextManager[Lease]:
+        """Serialize the user's turns; raises LockTimeout after `wait_seconds`. The lock lapses
+        `ttl_seconds` after it was taken if its holder never releases it."""
         ...
 
     async def aclose(self) -> None: ...
-
-
-def encode_turn(turn: HistoryTurn) -> bytes:
-    """Compact UTF-8 JSON; its length is what `max_bytes` counts. Raises before anything is
-    stored if the turn cannot be encoded (a lone surrogate, a NaN time)."""
-    return json.dumps(
-        {
-            "user": turn.user,
-            "assistant": turn.assistant,
-            "language": turn.language,
-            "at": turn.at,
-            "request_id": turn.request_id,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-        allow_nan=False,
-    ).encode("utf-8")
-
-
-def decode_turn(raw: bytes) -> HistoryTurn:
-    data = json.loads(raw)
-    return HistoryTurn(
-        user=str(data["user"]),
-        assistant=str(data["assistant"]),
-        language=str(data["language"]),
-        at=float(data["at"]),
-        request_id=str(data.get("request_id", "")),
-    )
 
 
 def _check_limits(**limits: float) -> None:
@@ -112,6 +125,7 @@ class _UserState:
     turns: deque[tuple[HistoryTurn, int]] = field(default_factory=deque)  # (turn, encoded size)
     size: int = 0
     timezone: str = ""
+    place: str = ""
     expires_at: float = 0.0  # of the history and the preferences
     # request_id -> (expires_at, answer). All answers share one TTL, so insertion order (an
     # overwritten answer moves to the end) is also expiry order.
@@ -123,23 +137,27 @@ class _UserState:
             self.turns.clear()
             self.size = 0
             self.timezone = ""
+            self.place = ""
         while self.answers:
             request_id, (expires_at, _) = next(iter(self.answers.items()))
             if expires_at > now:
                 break
             del self.answers[request_id]
-        return not self.turns and not self.timezone and not self.answers
+        return not self.turns and not self.timezone and not self.place and not self.answers
 
     def records(self) -> int:
-        return len(self.turns) + len(self.answers) + (1 if self.timezone else 0)
+        return len(self.turns) + len(self.answers) + bool(self.timezone) + bool(self.place)
 
 
 @dataclass(slots=True, eq=False)
 class _MemoryLock:
     waiters: int = 0  # tasks holding or awaiting this lock; the entry lives while > 0
-    holder: object | None = None
+    holder: int = 0  # the holder's fencing token; 0 = free
     expires_at: float = 0.0
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    # Fencing: bumped by every acquisition and every erase. Kept only while a turn holds or
+    # awaits the lock, which is the only time a lease exists to be checked against it.
+    fence: int = 0
 
 
 class MemorySessionStore:
@@ -153,7 +171,6 @@ class MemorySessionStore:
         max_bytes: int = 32_768,
         ttl_seconds: float = 86_400,
         answer_ttl_seconds: float = 86_400,
-        lock_ttl_seconds: float = 60,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         _check_limits(
@@ -162,17 +179,17 @@ class MemorySessionStore:
             max_bytes=max_bytes,
             ttl_seconds=ttl_seconds,
             answer_ttl_seconds=answer_ttl_seconds,
-            lock_ttl_seconds=lock_ttl_seconds,
         )
         self._max_users = max_users
         self._max_turns = max_turns
         self._max_bytes = max_bytes
         self._ttl = ttl_seconds
         self._answer_ttl = answer_ttl_seconds
-        self._lock_ttl = lock_ttl_seconds
         self._clock = clock
         self._users: OrderedDict[str, _UserState] = OrderedDict()
         self._locks: dict[str, _MemoryLock] = {}
+        # How often each user was erased (the most recently erased `max_users` users).
+        self._erasures: OrderedDict[str, int] = OrderedDict()
 
     def __len__(self) -> int:
         """Users whose data is held (never more than `max_users`)."""
@@ -193,16 +210,12 @@ class MemorySessionStore:
         self._users.move_to_end(user_id)
         return state
 
-    async def history(self, user_id: str) -> list[HistoryTurn]:
+    async def load(self, user_id: str) -> Session:
         state = self._live(user_id)
         if state is None:
-            return []
+            return Session([], Preferences())
         state.expires_at = self._clock() + self._ttl
-        return [turn for turn, _ in state.turns]
-
-    async def timezone(self, user_id: str) -> str:
-        state = self._live(user_id)
-        return "" if state is None else state.timezone
+        return Session([turn for turn, _ in state.turns], Preferences(state.timezone, state.place))
 
     async def cached_answer(self, user_id: str, request_id: str) -> bytes | None:
         state = self._live(user_id)
@@ -212,9 +225,13 @@ class MemorySessionStore:
         return None if entry is None else entry[1]
 
     async def commit_turn(
-        self, user_id: str, turn: HistoryTurn, *, answer: bytes, timezone: str = ""
+        self, lease: Lease, turn: HistoryTurn, *, answer: bytes, preferences: Preferences
     ) -> None:
         # Everything that can fail comes before the first change: no await, so nothing interleaves.
+        user_id = lease.user_id
+        entry = self._locks.get(user_id)
+        if entry is None or entry.fence != lease.token:
+            raise LeaseLost(erased=self.erasures(user_id) != lease.erasures)
         size = len(encode_turn(turn))
         now = self._clock()
         state = self._live(user_id)
@@ -230,8 +247,10 @@ class MemorySessionStore:
         ):
             state.size -= state.turns.popleft()[1]
         state.expires_at = now + self._ttl
-        if timezone:
-            state.timezone = timezone
+        if preferences.timezone:
+            state.timezone = preferences.timezone
+        if preferences.place:
+            state.place = preferences.place
         if turn.request_id:
             state.answers.pop(turn.request_id, None)
             state.answers[turn.request_id] = (now + self._answer_ttl, answer)
@@ -239,43 +258,53 @@ class MemorySessionStore:
                 state.answers.popitem(last=False)
 
     async def erase(self, user_id: str) -> int:
-        # A held lock belongs to a running task of this process; it is released by that task.
+        # A held lock belongs to a running turn, which releases it; fencing keeps that turn
+        # from committing anything now.
+        entry = self._locks.get(user_id)
+        if entry is not None:
+            entry.fence += 1
+        self._erasures[user_id] = self._erasures.get(user_id, 0) + 1
+        self._erasures.move_to_end(user_id)
+        while len(self._erasures) > self._max_users:
+            self._erasures.popitem(last=False)
         state = self._users.pop(user_id, None)
         if state is None or state.expire(self._clock()):
             return 0
         return state.records()
 
     @asynccontextmanager
-    async def lock(self, user_id: str, *, wait_seconds: float) -> AsyncIterator[None]:
+    async def lock(
+        self, user_id: str, *, wait_seconds: float, ttl_seconds: float
+    ) -> AsyncIterator[Lease]:
         entry = self._locks.get(user_id)
         if entry is None:
             entry = self._locks[user_id] = _MemoryLock()
         entry.waiters += 1
         try:
-            token = await self._acquire(entry, wait_seconds)
+            token = await self._acquire(entry, wait_seconds, ttl_seconds)
             try:
-                yield
+                yield Lease(user_id, token, self.erasures(user_id))
             finally:
                 # After an expiry the lock may be someone else's now: leave theirs alone.
-                if entry.holder is token:
-                    entry.holder = None
+                if entry.holder == token:
+                    entry.holder = 0
                     entry.released.set()
         finally:
             entry.waiters -= 1
             if entry.waiters == 0:
                 del self._locks[user_id]
 
-    async def _acquire(self, entry: _MemoryLock, wait_seconds: float) -> object:
+    async def _acquire(self, entry: _MemoryLock, wait_seconds: float, ttl_seconds: float) -> int:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         while True:
             now = self._clock()
-            if entry.holder is None or entry.expires_at <= now:
-                token = object()
-                entry.holder = token
-                entry.expires_at = now + self._lock_ttl
+            if not entry.holder or entry.expires_at <= now:
+                entry.fence += 1
+                entry.holder = entry.fence
+                entry.expires_at = now + ttl_seconds
                 entry.released.clear()
-                return token
+                return entry.holder
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise LockTimeout(f"the user's lock was busy for {wait_seconds:.3f} s")
@@ -285,24 +314,30 @@ class MemorySessionStore:
             except TimeoutError:
                 pass
 
+    def erasures(self, user_id: str) -> int:
+        """How often the user was erased: the usage ledger's epoch for them."""
+        return self._erasures.get(user_id, 0)
+
     async def aclose(self) -> None:
         return None
 
 
 # --- Redis store -------------------------------------------------------------------------------
 
-# KEYS: history, answer index, prefs[, answer]. ARGV: turn, max_turns, max_bytes, ttl_ms,
-# answer_ttl_ms, timezone, answer, max_answers. Types are checked before the first write because
-# a failing script is not rolled back. Answer keys evicted from the index are deleted here; they
+# KEYS: fence, history, answer index, prefs[, answer]. ARGV: token, turn, max_turns, max_bytes,
+# ttl_ms, answer_ttl_ms, timezone, place, answer, max_answers. Returns 1, or 0 when the token is
+# no longer the newest (nothing written). Types are checked before the first write because a
+# failing script is not rolled back. Answer keys evicted from the index are deleted here; they
 # share the user's hash tag, so they are in the script's slot.
 _COMMIT_LUA = """
-local history, index, prefs, answer = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local max_turns = tonumber(ARGV[2])
-local max_bytes = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
-local answer_ttl = tonumber(ARGV[5])
-local timezone = ARGV[6]
-local max_answers = tonumber(ARGV[8])
+local fence, history, index, prefs, answer = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+if tonumber(redis.call('HGET', fence, 'token') or '0') ~= tonumber(ARGV[1]) then return 0 end
+local max_turns = tonumber(ARGV[3])
+local max_bytes = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
+local answer_ttl = tonumber(ARGV[6])
+local timezone, place = ARGV[7], ARGV[8]
+local max_answers = tonumber(ARGV[10])
 
 local function expect(key, kind)
   local found = redis.call('TYPE', key)['ok']
@@ -313,7 +348,7 @@ if not (expect(history, 'list') and expect(index, 'zset') and expect(prefs, 'has
   return redis.error_reply('WRONGTYPE a session key holds the wrong kind of value')
 end
 
-redis.call('RPUSH', history, ARGV[1])
+redis.call('RPUSH', history, ARGV[2])
 redis.call('LTRIM', history, -max_turns, -1)
 local items = redis.call('LRANGE', history, 0, -1)
 local total = 0
@@ -327,7 +362,8 @@ if drop > 0 then redis.call('LTRIM', history, drop, -1) end
 redis.call('PEXPIRE', history, ttl)
 
 if timezone ~= '' then redis.call('HSET', prefs, 'timezone', timezone) end
-redis.call('PEXPIRE', prefs, ttl)
+if place ~= '' then redis.call('HSET', prefs, 'place', place) end
+if redis.call('EXISTS', prefs) == 1 then redis.call('PEXPIRE', prefs, ttl) end
 
 if answer then
   local time = redis.call('TIME')
@@ -346,17 +382,18 @@ if answer then
   local score = now + answer_ttl
   local newest = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
   if newest[2] and tonumber(newest[2]) >= score then score = tonumber(newest[2]) + 1 end
-  redis.call('SET', answer, ARGV[7], 'PX', answer_ttl)
+  redis.call('SET', answer, ARGV[9], 'PX', answer_ttl)
   redis.call('ZADD', index, score, answer)
   redis.call('PEXPIRE', index, answer_ttl)
 end
 return 1
 """
 
-# KEYS: history, answer index, prefs, lock. ARGV: the user's key prefix. Returns the records
-# erased. Only exact keys: the index lists them, and only the user's own are deleted.
+# KEYS: history, answer index, prefs, fence. ARGV: the user's key prefix, fence TTL ms. Returns
+# the records erased. Only exact keys: the index lists them, and only the user's own are
+# deleted. The lock is left to its holder; the fence moves on so that the holder's commit fails.
 _ERASE_LUA = """
-local history, index, prefs, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local history, index, prefs, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix = ARGV[1]
 local function kind(key) return redis.call('TYPE', key)['ok'] end
 local erased = 0
@@ -370,19 +407,33 @@ if kind(index) == 'zset' then
     end
   end
 end
-redis.call('DEL', history, index, prefs, lock)
+redis.call('DEL', history, index, prefs)
+redis.call('HINCRBY', fence, 'token', 1)
+redis.call('HINCRBY', fence, 'erasures', 1)
+redis.call('PEXPIRE', fence, ARGV[2])
 return erased
 """
 
-# KEYS: lock. ARGV: token, ttl_ms. Idempotent, so a retried call after a lost reply still sees
-# that the lock is ours.
+# KEYS: lock, fence. ARGV: owner, ttl_ms, fence TTL ms. Returns {token, erasures}, or {0, 0}
+# while another owner holds the lock. Idempotent, so a retried call after a lost reply still
+# finds the lock is ours (and keeps its token).
 _ACQUIRE_LUA = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
-return 0
+local held = redis.call('GET', KEYS[1])
+if held then
+  local owner, token = string.match(held, '^(%x+):(%d+)$')
+  if owner == ARGV[1] then
+    return {tonumber(token), tonumber(redis.call('HGET', KEYS[2], 'erasures') or '0')}
+  end
+  return {0, 0}
+end
+local token = redis.call('HINCRBY', KEYS[2], 'token', 1)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+return {token, tonumber(redis.call('HGET', KEYS[2], 'erasures') or '0')}
 """
 
-# KEYS: lock. ARGV: token. Compare-and-delete: an expired holder never removes its successor's lock.
+# KEYS: lock. ARGV: owner:token. Compare-and-delete: an expired holder never removes its
+# successor's lock.
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -408,14 +459,12 @@ class RedisSessionStore:
         max_bytes: int = 32_768,
         ttl_seconds: float = 86_400,
         answer_ttl_seconds: float = 86_400,
-        lock_ttl_seconds: float = 60,
     ) -> None:
         _check_limits(
             max_turns=max_turns,
             max_bytes=max_bytes,
             ttl_seconds=ttl_seconds,
             answer_ttl_seconds=answer_ttl_seconds,
-            lock_ttl_seconds=lock_ttl_seconds,
         )
         if client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("RedisSessionStore needs a client with decode_responses=False")
@@ -424,7 +473,7 @@ class RedisSessionStore:
         self._max_bytes = max_bytes
         self._ttl_ms = _millis(ttl_seconds)
         self._answer_ttl_ms = _millis(answer_ttl_seconds)
-        self._lock_ttl_ms = _millis(lock_ttl_seconds)
+        self._fence_ttl_ms = _millis(_FENCE_TTL_SECONDS)
         self._commit = client.register_script(_COMMIT_LUA)
         self._erase = client.register_script(_ERASE_LUA)
         self._acquire = client.register_script(_ACQUIRE_LUA)
@@ -434,18 +483,19 @@ class RedisSessionStore:
     def _answer_key(user_id: str, request_id: str) -> str:
         return keys.user_key(user_id, "answer:" + keys.digest(request_id))
 
-    async def history(self, user_id: str) -> list[HistoryTurn]:
+    async def load(self, user_id: str) -> Session:
         history = keys.user_key(user_id, "history")
+        prefs = keys.user_key(user_id, "prefs")
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.lrange(history, 0, -1)
+            pipe.hmget(prefs, ["timezone", "place"])
             pipe.pexpire(history, self._ttl_ms)
-            pipe.pexpire(keys.user_key(user_id, "prefs"), self._ttl_ms)
-            raw, _, _ = await pipe.execute()
-        return [decode_turn(item) for item in raw]
-
-    async def timezone(self, user_id: str) -> str:
-        value = await self._client.hget(keys.user_key(user_id, "prefs"), "timezone")
-        return value.decode("utf-8") if isinstance(value, bytes) else ""
+            pipe.pexpire(prefs, self._ttl_ms)
+            raw, (timezone, place), _, _ = await pipe.execute()
+        return Session(
+            [decode_turn(item) for item in raw],
+            Preferences(timezone=_text(timezone), place=_text(place)),
+        )
 
     async def cached_answer(self, user_id: str, request_id: str) -> bytes | None:
         if not request_id:
@@ -454,28 +504,36 @@ class RedisSessionStore:
         return value if isinstance(value, bytes) else None
 
     async def commit_turn(
-        self, user_id: str, turn: HistoryTurn, *, answer: bytes, timezone: str = ""
+        self, lease: Lease, turn: HistoryTurn, *, answer: bytes, preferences: Preferences
     ) -> None:
+        user_id = lease.user_id
+        fence = keys.user_key(user_id, "fence")
         script_keys = [
+            fence,
             keys.user_key(user_id, "history"),
             keys.user_key(user_id, "answers"),
             keys.user_key(user_id, "prefs"),
         ]
         if turn.request_id:
             script_keys.append(self._answer_key(user_id, turn.request_id))
-        await self._commit(
+        committed = await self._commit(
             keys=script_keys,
             args=[
+                lease.token,
                 encode_turn(turn),
                 self._max_turns,
                 self._max_bytes,
                 self._ttl_ms,
                 self._answer_ttl_ms,
-                timezone,
+                preferences.timezone,
+                preferences.place,
                 answer,
                 MAX_ANSWERS_PER_USER,
             ],
         )
+        if not int(committed):
+            erasures = await self._client.hget(fence, "erasures")
+            raise LeaseLost(erased=int(erasures or 0) != lease.erasures)
 
     async def erase(self, user_id: str) -> int:
         erased = await self._erase(
@@ -483,20 +541,27 @@ class RedisSessionStore:
                 keys.user_key(user_id, "history"),
                 keys.user_key(user_id, "answers"),
                 keys.user_key(user_id, "prefs"),
-                keys.user_key(user_id, "lock"),
+                keys.user_key(user_id, "fence"),
             ],
-            args=[keys.user_key(user_id, "")],
+            args=[keys.user_key(user_id, ""), self._fence_ttl_ms],
         )
         return int(erased)
 
     @asynccontextmanager
-    async def lock(self, user_id: str, *, wait_seconds: float) -> AsyncIterator[None]:
+    async def lock(
+        self, user_id: str, *, wait_seconds: float, ttl_seconds: float
+    ) -> AsyncIterator[Lease]:
         key = keys.user_key(user_id, "lock")
-        token = secrets.token_hex(16)
+        fence = keys.user_key(user_id, "fence")
+        owner = secrets.token_hex(16)
+        args: list[str | int] = [owner, _millis(ttl_seconds), self._fence_ttl_ms]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         pause = _FIRST_PAUSE_SECONDS
-        while not await self._acquire(keys=[key], args=[token, self._lock_ttl_ms]):
+        while True:
+            token, erasures = await self._acquire(keys=[key, fence], args=args)
+            if int(token):
+                break
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise LockTimeout(f"the user's lock was busy for {wait_seconds:.3f} s")
@@ -504,9 +569,19 @@ class RedisSessionStore:
             await asyncio.sleep(min(remaining, jittered))
             pause = min(pause * 2, _MAX_PAUSE_SECONDS)
         try:
-            yield
+            yield Lease(user_id, int(token), int(erasures))
         finally:
-            await self._release(keys=[key], args=[token])
+            try:
+                await self._release(keys=[key], args=[f"{owner}:{int(token)}"])
+            except (RedisError, OSError) as exc:
+                # The lock lapses by its TTL; the turn's own outcome must not be masked.
+                logger.warning(
+                    "releasing a user's lock failed", extra={"error": type(exc).__name__}
+                )
 
     async def aclose(self) -> None:
         return None
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else ""

@@ -1,0 +1,360 @@
+"""The orchestrator's turn in this process: a scripted LLM, memory (or Redis) stores, and async
+doubles of ToolService and EmotionService served on loopback by the test's own event loop.
+
+Fast (no subprocess, no HTTP), and a failure shows the messages that caused it: `ScriptedLlm`
+records every request it got. The tool and emotion calls are still real gRPC, through the same
+channels and breakers as in production, so cancellation reaches the doubles as CANCELLED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import grpc.aio
+import redis.asyncio as redis
+
+from chatagent.v1 import emotion_pb2, emotion_pb2_grpc, tools_pb2, tools_pb2_grpc, types_pb2
+from services.common.breakers import BreakerBoard
+from services.common.channels import open_channel
+from services.common.deadline import Deadline
+from services.common.gazetteer import load_gazetteer
+from services.orchestrator.agent import Agent, AgentParts
+from services.orchestrator.clients import EmotionClient, SpeechClient, ToolRunner, is_caller_error
+from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.llm import LlmReply, LlmRequest, LlmTimeout
+from services.orchestrator.main import stores
+from services.orchestrator.model import (
+    AssistantMessage,
+    Message,
+    SystemMessage,
+    ToolCallRequest,
+    ToolResultMessage,
+    TurnEvent,
+    TurnRequest,
+    TurnResult,
+    UserMessage,
+)
+
+# -- the LLM ---------------------------------------------------------------------------------
+
+Planned = LlmReply | BaseException | Callable[[LlmRequest], "LlmReply | BaseException"]
+
+
+def said(text: str, prompt_tokens: int = 100, completion_tokens: int = 20) -> LlmReply:
+    return LlmReply(text, [], prompt_tokens, completion_tokens, "fake-model")
+
+
+def calls(
+    *tool_calls: tuple[str, dict[str, Any] | str], tokens: tuple[int, int] = (50, 10)
+) -> LlmReply:
+    """A reply asking for tools: (name, arguments as a dict or raw JSON text)."""
+    requests = [
+        ToolCallRequest(
+            f"c{index}",
+            name,
+            arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False),
+        )
+        for index, (name, arguments) in enumerate(tool_calls, start=1)
+    ]
+    return LlmReply("", requests, tokens[0], tokens[1], "fake-model")
+
+
+@dataclass
+class ScriptedLlm:
+    """Answers with `script` in order, then `default` for ever. A planned exception is raised;
+    a callable is given the request. `delay` seconds pass before each answer; `gate`, when set,
+    is awaited first (a test releases it)."""
+
+    script: list[Planned] = field(default_factory=list)
+    default: Planned | None = None
+    delay: float = 0.0
+    gate: asyncio.Event | None = None
+    requests: list[LlmRequest] = field(default_factory=list)
+    timeouts: list[float] = field(default_factory=list)
+    cancelled: int = 0
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def complete(self, request: LlmRequest, *, timeout_seconds: float) -> LlmReply:
+        self.requests.append(request)
+        self.timeouts.append(timeout_seconds)
+        self.started.set()
+        planned = self.script.pop(0) if self.script else self.default
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                if self.gate is not None:
+                    await self.gate.wait()
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+        except TimeoutError:
+            raise LlmTimeout(f"no answer within {timeout_seconds:.3g}s") from None
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if callable(planned) and not isinstance(planned, LlmReply | BaseException):
+            planned = planned(request)
+        if planned is None:
+            planned = said("にゃん")
+        if isinstance(planned, BaseException):
+            raise planned
+        return planned
+
+    def wire(self, index: int = -1) -> list[dict[str, Any]]:
+        """The messages of a request, as plain dicts (role, text), for assertions."""
+        return [_plain(m) for m in self.requests[index].messages]
+
+
+def _plain(message: Message) -> dict[str, Any]:
+    if isinstance(message, SystemMessage):
+        return {"role": "system", "content": message.text}
+    if isinstance(message, UserMessage):
+        return {"role": "user", "content": message.text}
+    if isinstance(message, AssistantMessage):
+        return {"role": "assistant", "content": message.text, "calls": len(message.tool_calls)}
+    assert isinstance(message, ToolResultMessage)
+    return {"role": "tool", "id": message.call_id, "result": dict(message.result)}
+
+
+# -- the doubles of ToolService and EmotionService --------------------------------------------
+
+
+@dataclass
+class Recorder:
+    """What a double was asked, how long it takes, what fails, and what got cancelled."""
+
+    delays: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, grpc.StatusCode] = field(default_factory=dict)
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
+
+    def called(self, method: str) -> list[Any]:
+        return [request for name, request in self.calls if name == method]
+
+    async def enter(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+        self.calls.append((method, request))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            delay = self.delays.get(method, 0.0)
+            if delay:
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self.cancelled.append(method)
+            raise
+        finally:
+            self.in_flight -= 1
+        failure = self.failures.get(method)
+        if failure is not None:
+            await context.abort(failure, f"{method} failed on purpose")
+        self.finished.append(method)
+
+
+class _Tools(tools_pb2_grpc.ToolServiceServicer):
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    async def GetTime(self, request: Any, context: Any) -> tools_pb2.GetTimeResponse:
+        await self.recorder.enter("GetTime", request, context)
+        return tools_pb2.GetTimeResponse(
+            local_time="2026-11-26T09:30:00+09:00",
+            timezone=request.timezone or "Asia/Tokyo",
+            utc_offset="+09:00",
+            utc_offset_seconds=32400,
+            abbreviation="JST",
+            weekday="Thursday",
+            place=request.place,
+        )
+
+    async def GetWeather(self, request: Any, context: Any) -> tools_pb2.GetWeatherResponse:
+        await self.recorder.enter("GetWeather", request, context)
+        return tools_pb2.GetWeatherResponse(
+            place=request.place or "?", description="晴れ", temperature_c=20.5, weather_code=1,
+            today_max_c=23.0, today_min_c=15.0,
+        )  # fmt: skip
+
+    async def GetFortune(self, request: Any, context: Any) -> tools_pb2.GetFortuneResponse:
+        await self.recorder.enter("GetFortune", request, context)
+        return tools_pb2.GetFortuneResponse(
+            level=tools_pb2.FORTUNE_LEVEL_DAIKICHI, label="大吉", message="いい日",
+            lucky_item="鈴", date="2026-11-26",
+        )  # fmt: skip
+
+    async def Calculate(self, request: Any, context: Any) -> tools_pb2.CalculateResponse:
+        await self.recorder.enter("Calculate", request, context)
+        return tools_pb2.CalculateResponse(result="42", value=42.0, is_integer=True)
+
+
+@dataclass
+class EmotionAnswer:
+    scores: dict[str, float] = field(default_factory=lambda: {"joy": 0.8, "neutral": 0.2})
+    dominant: str = "joy"
+
+
+class _Emotion(emotion_pb2_grpc.EmotionServiceServicer):
+    def __init__(self, recorder: Recorder, answer: EmotionAnswer) -> None:
+        self.recorder = recorder
+        self.answer = answer
+
+    async def Analyze(self, request: Any, context: Any) -> emotion_pb2.AnalyzeResponse:
+        await self.recorder.enter("Analyze", request, context)
+        return emotion_pb2.AnalyzeResponse(
+            emotion=types_pb2.EmotionResult(
+                scores=self.answer.scores, dominant=self.answer.dominant
+            ),
+            analyzer="double",
+        )
+
+
+# -- the harness -----------------------------------------------------------------------------
+
+# Limits that do not get in a test's way unless it sets its own.
+_QUIET = {
+    "user_rate_per_minute": 60_000.0,
+    "user_burst": 1000,
+    "caller_rate_per_minute": 60_000.0,
+    "caller_burst": 1000,
+    "breaker_fail_max": 3,
+    "breaker_reset_seconds": 1.0,
+    "default_timezone": "Asia/Tokyo",
+    "llm_model": "fake-model",
+    "llm_prices": {"fake-model": (1.0, 2.0)},
+    "openai_base_url": "http://127.0.0.1:1/v1",
+}
+
+
+@dataclass
+class Harness:
+    agent: Agent
+    settings: OrchestratorSettings
+    llm: ScriptedLlm | None
+    tools: Recorder
+    emotion: Recorder
+    emotion_answer: EmotionAnswer
+    parts: AgentParts
+    events: list[TurnEvent] = field(default_factory=list)
+
+    async def chat(
+        self,
+        message: str,
+        user_id: str = "u",
+        *,
+        within: float = 10.0,
+        caller: str = "backend",
+        **fields: Any,
+    ) -> TurnResult:
+        async def emit(event: TurnEvent) -> None:
+            self.events.append(event)
+
+        request = TurnRequest(user_id=user_id, message=message, caller=caller, **fields)
+        return await self.agent.turn(request, deadline=Deadline.after(within), emit=emit)
+
+    async def settled(self) -> None:
+        """Wait until every settle and release the bookkeeper started has been recorded."""
+        await until(lambda: not self.agent.bookkeeper.pending)
+
+    def usage_now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+async def _serve(
+    add: Callable[[Any, grpc.aio.Server], None], servicer: Any
+) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    add(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def harness(
+    *,
+    llm: ScriptedLlm | bool | None = True,
+    redis_client: redis.Redis | None = None,
+    tools_address: str | None = None,
+    **settings: Any,
+) -> AsyncIterator[Harness]:
+    """An agent over the doubles; `llm=False` (or None) for the local planner only."""
+    config = OrchestratorSettings(**(_QUIET | settings))  # type: ignore[arg-type]
+    scripted = ScriptedLlm() if llm is True else (llm or None)
+    tools_recorder, emotion_recorder, answer = Recorder(), Recorder(), EmotionAnswer()
+    tools_server, address = await _serve(
+        tools_pb2_grpc.add_ToolServiceServicer_to_server, _Tools(tools_recorder)
+    )
+    emotion_server, emotion_address = await _serve(
+        emotion_pb2_grpc.add_EmotionServiceServicer_to_server, _Emotion(emotion_recorder, answer)
+    )
+    channels = [
+        open_channel(tools_address or address, ["chatagent.v1.ToolService"]),
+        open_channel(emotion_address, ["chatagent.v1.EmotionService"]),
+        open_channel("127.0.0.1:1", ["chatagent.v1.SpeechService"]),
+    ]
+    board = BreakerBoard(redis_client)
+
+    def breaker(name: str, **kwargs: Any) -> Any:
+        return board.breaker(
+            name,
+            fail_max=config.breaker_fail_max,
+            reset_seconds=config.breaker_reset_seconds,
+            **kwargs,
+        )
+
+    sessions, limiter, ledger = stores(config, redis_client)
+    parts = AgentParts(
+        sessions=sessions,
+        limiter=limiter,
+        ledger=ledger,
+        tools=ToolRunner(
+            channels[0],
+            breaker("tools", is_caller_error=is_caller_error),
+            timeout_seconds=config.tool_timeout_seconds,
+        ),
+        emotion=EmotionClient(
+            channels[1],
+            breaker("emotion", is_caller_error=is_caller_error),
+            timeout_seconds=config.emotion_timeout_seconds,
+        ),
+        speech=SpeechClient(
+            channels[2], breaker("speech"), timeout_seconds=config.speech_timeout_seconds
+        ),
+        llm=scripted,
+        llm_breaker=breaker("llm", is_timeout=lambda error: isinstance(error, LlmTimeout)),
+        places=load_gazetteer(config.gazetteer_min_population),
+    )
+    await board.start()
+    agent = Agent(config, parts)
+    try:
+        yield Harness(agent, config, scripted, tools_recorder, emotion_recorder, answer, parts)
+    finally:
+        await agent.aclose()
+        await board.aclose()
+        for channel in channels:
+            await channel.close()
+        await tools_server.stop(None)
+        await emotion_server.stop(None)
+
+
+async def until(condition: Callable[[], object], seconds: float = 10.0) -> None:
+    """Wait for `condition` to hold (polled), failing the test after `seconds`."""
+    for _ in range(int(seconds / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the condition did not come true in time")
+
+
+def tool_results(request: LlmRequest) -> list[dict[str, Any]]:
+    return [dict(m.result) for m in request.messages if isinstance(m, ToolResultMessage)]
+
+
+def names(outcomes: Sequence[Any]) -> list[str]:
+    return [o.call.name for o in outcomes]
