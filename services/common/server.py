@@ -4,7 +4,8 @@ A service's `main.py` calls `run(SettingsClass, setup)`. `setup` registers the s
 host and names what must be ready before the service reports SERVING; the host does the rest:
 
 * health v1 with one status per service name and "" for the process, NOT_SERVING until every
-  readiness check has passed (Kubernetes' gRPC probes read it);
+  readiness check has passed, and again whenever a critical dependency watched by a dependency
+  monitor is down (Kubernetes' gRPC probes read it: traffic goes to replicas that can serve);
 * server reflection, so grpcurl-style clients work without our stubs;
 * a request-size limit, tracing, metrics, request ids and access logs on every call;
 * SIGTERM or SIGINT: NOT_SERVING at once, in-flight calls get `SHUTDOWN_GRACE_SECONDS` to finish,
@@ -19,6 +20,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -36,10 +38,22 @@ logger = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[object]]
 Closer = Callable[[], Awaitable[Any]]
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 # Each closer gets this long; a hung connection must not keep a terminating pod alive.
 _CLOSE_TIMEOUT_SECONDS = 5.0
 _READINESS_RETRY_MAX_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class _Monitor:
+    name: str
+    check: ReadinessCheck
+    interval_seconds: float
+    failures_to_trip: int
+    timeout_seconds: float
+    down: bool = False
 
 
 def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
@@ -84,13 +98,44 @@ class ServiceHost:
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self._readiness: list[tuple[str, ReadinessCheck]] = []
+        self._monitors: list[_Monitor] = []
         self._closers: list[tuple[str, Closer]] = []
         self._ready_task: asyncio.Task[None] | None = None
+        self._monitor_tasks: list[asyncio.Task[None]] = []
+        self._ready = False
+        self._stopping = False
+        self._status: Any = None
+        self._status_lock = asyncio.Lock()
         self.port = 0
 
     def add_readiness_check(self, name: str, check: ReadinessCheck) -> None:
         """`check` must succeed once before the service reports SERVING; it is retried."""
         self._readiness.append((name, check))
+
+    def add_dependency_monitor(
+        self,
+        name: str,
+        check: ReadinessCheck,
+        *,
+        interval_seconds: float = 1.0,
+        failures_to_trip: int = 2,
+        timeout_seconds: float | None = None,
+    ) -> None:
+        """Watch a critical dependency for the life of the process: `check` runs every
+        `interval_seconds`; after `failures_to_trip` failures in a row (an error, or no answer
+        within `timeout_seconds`, the interval by default) every health status is NOT_SERVING,
+        and SERVING again once it passes. The startup readiness checks still apply."""
+        if interval_seconds <= 0 or failures_to_trip < 1:
+            raise ValueError("a dependency monitor needs a positive interval and failure count")
+        self._monitors.append(
+            _Monitor(
+                name,
+                check,
+                interval_seconds,
+                failures_to_trip,
+                interval_seconds if timeout_seconds is None else timeout_seconds,
+            )
+        )
 
     def add_closer(self, name: str, closer: Closer) -> None:
         """`closer` runs at shutdown, after the server stopped, in reverse order of adding."""
@@ -104,7 +149,7 @@ class ServiceHost:
             self.port = self.server.add_insecure_port(address)
         else:
             self.port = self.server.add_secure_port(address, credentials)
-        await self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._publish_status()
         await self.server.start()
         logger.info(
             "listening",
@@ -116,11 +161,55 @@ class ServiceHost:
             },
         )
         self._ready_task = asyncio.create_task(self._become_ready(), name="readiness")
+        self._monitor_tasks = [
+            asyncio.create_task(self._watch(monitor), name=f"monitor {monitor.name}")
+            for monitor in self._monitors
+        ]
         return self.port
 
-    async def _set_status(self, status: Any) -> None:
-        for name in (*self.service_names, ""):
-            await self.health.set(name, status)
+    async def _publish_status(self) -> None:
+        """Every status SERVING when ready and no watched dependency is down, else NOT_SERVING;
+        once stopping, the health servicer's graceful shutdown keeps NOT_SERVING for good."""
+        async with self._status_lock:
+            serving = self._ready and not self._stopping
+            serving = serving and not any(monitor.down for monitor in self._monitors)
+            status = _SERVING if serving else _NOT_SERVING
+            if status == self._status:
+                return
+            self._status = status
+            for name in (*self.service_names, ""):
+                await self.health.set(name, status)
+
+    async def _watch(self, monitor: _Monitor) -> None:
+        failures = 0
+        while True:
+            try:
+                async with asyncio.timeout(monitor.timeout_seconds):
+                    await monitor.check()
+            except Exception as exc:
+                failures += 1
+                if failures >= monitor.failures_to_trip and not monitor.down:
+                    monitor.down = True
+                    error = (
+                        f"no answer within {monitor.timeout_seconds}s"
+                        if isinstance(exc, TimeoutError)
+                        else repr(exc)
+                    )
+                    logger.warning(
+                        "dependency down: reporting NOT_SERVING",
+                        extra={"dependency": monitor.name, "error": error, "failures": failures},
+                    )
+                    await self._publish_status()
+            else:
+                failures = 0
+                if monitor.down:
+                    monitor.down = False
+                    logger.info(
+                        "dependency back: reporting SERVING unless another is down",
+                        extra={"dependency": monitor.name},
+                    )
+                    await self._publish_status()
+            await asyncio.sleep(monitor.interval_seconds)
 
     async def _become_ready(self) -> None:
         for name, check in self._readiness:
@@ -136,7 +225,8 @@ class ServiceHost:
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _READINESS_RETRY_MAX_SECONDS)
-        await self._set_status(health_pb2.HealthCheckResponse.SERVING)
+        self._ready = True
+        await self._publish_status()
         logger.info("serving", extra={"services": list(self.service_names)})
 
     async def wait_ready(self) -> None:
@@ -145,8 +235,12 @@ class ServiceHost:
 
     async def stop(self) -> None:
         """Graceful stop: NOT_SERVING, drain within the grace period, then close dependencies."""
-        if self._ready_task is not None and not self._ready_task.done():
-            self._ready_task.cancel()
+        self._stopping = True
+        tasks = [*self._monitor_tasks, *([self._ready_task] if self._ready_task else [])]
+        self._monitor_tasks = []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.health.enter_graceful_shutdown()
         grace = self.settings.shutdown_grace_seconds
         logger.info("stopping", extra={"grace_s": grace})
