@@ -6,19 +6,33 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.common.gazetteer import Gazetteer, load_gazetteer
 from services.common.language import Language
 from services.orchestrator.model import Emotion, ToolCallRequest, ToolOutcome, ToolStatus
-from services.orchestrator.planner import MAX_REPLY_CHARS, Intent, compose, find_intents, plan
+from services.orchestrator.planner import (
+    MAX_REPLY_CHARS,
+    TOOL_INTENTS,
+    Analysis,
+    Greeting,
+    Intent,
+    PlannedCall,
+    analyse,
+    compose,
+    plan,
+)
 from services.tools.calculator import calculate
 
 T, W, F, C = Intent.TIME, Intent.WEATHER, Intent.FORTUNE, Intent.CALCULATION
 G, H, S = Intent.GREETING, Intent.HELP, Intent.SMALL_TALK
+# The orchestrator's names for the tools, only to build the outcomes compose is given.
+TOOL_NAMES = {T: "get_time", W: "get_weather", F: "get_fortune", C: "calculate"}
 
 ENDINGS: dict[Language, str] = {"ja": "にゃん", "en": "nyan", "ko": "냥"}
 KANA = re.compile(r"[\u3040-\u30ff]")
@@ -26,10 +40,14 @@ HANGUL = re.compile(r"[\uac00-\ud7a3]")
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3\uff00-\uffef]")
 
 
-def assert_in_persona(reply: str, language: Language) -> None:
+def assert_in_persona(reply: str, language: Language, quoted: Sequence[str] = ()) -> None:
+    """The reply ends in the persona's ending, fits, and is written in `language`, but for the
+    `quoted` words (places and expressions as the user wrote them)."""
     ending = ENDINGS[language]
     assert re.search(re.escape(ending) + r"[。！!？?]?$", reply), reply
     assert len(reply) <= MAX_REPLY_CHARS, (len(reply), reply)
+    for words in sorted(quoted, key=len, reverse=True):
+        reply = reply.replace(words, "")
     if language == "ja":
         assert KANA.search(reply), reply
     elif language == "ko":
@@ -95,9 +113,15 @@ INTENTS: list[tuple[str, list[Intent]]] = [
 ]
 
 
+@pytest.fixture(scope="module")
+def gazetteer() -> Gazetteer:
+    return load_gazetteer()
+
+
 @pytest.mark.parametrize(("message", "expected"), INTENTS)
-def test_find_intents(message: str, expected: list[Intent]) -> None:
-    assert find_intents(message) == expected
+def test_find_intents(message: str, expected: list[Intent], gazetteer: Gazetteer) -> None:
+    assert list(analyse(message).intents) == expected
+    assert list(analyse(message, gazetteer).intents) == expected
 
 
 def test_intent_table_covers_every_intent_and_language() -> None:
@@ -109,84 +133,97 @@ def test_intent_table_covers_every_intent_and_language() -> None:
 def test_negative_cases_plan_no_tool_calls() -> None:
     for message, expected in INTENTS:
         if expected == [S]:
-            assert plan(message, default_place="Tokyo") == [], message
+            assert plan(analyse(message), default_place="Tokyo") == [], message
 
 
 # --- plan() ---------------------------------------------------------------------------------------
 
 
-def calls(message: str, default_place: str = "") -> list[tuple[str, dict[str, Any]]]:
-    return [(c.name, json.loads(c.arguments)) for c in plan(message, default_place=default_place)]
+def calls(
+    message: str, default_place: str = "", places: Gazetteer | None = None
+) -> list[tuple[Intent, dict[str, str]]]:
+    planned = plan(analyse(message, places), default_place=default_place)
+    return [(c.intent, c.arguments) for c in planned]
 
 
-PLANS: list[tuple[str, str, list[tuple[str, dict[str, Any]]]]] = [
+PLANS: list[tuple[str, str, list[tuple[Intent, dict[str, str]]]]] = [
     # The three-intent example: no place and no default, so no weather call (the reply asks).
-    ("今何時で、天気はどうで、ついでに運勢も教えて", "", [("get_time", {}), ("get_fortune", {})]),
+    ("今何時で、天気はどうで、ついでに運勢も教えて", "", [(T, {}), (F, {})]),
     (
         "今何時で、天気はどうで、ついでに運勢も教えて",
         "東京",
-        [("get_time", {}), ("get_weather", {"place": "東京"}), ("get_fortune", {})],
+        [(T, {}), (W, {"place": "東京"}), (F, {})],
     ),
     # Japanese places.
-    ("東京の天気", "", [("get_weather", {"place": "東京"})]),
-    ("ニューヨークは何時？", "", [("get_time", {"place": "ニューヨーク"})]),
-    ("大阪の時間を教えて", "", [("get_time", {"place": "大阪"})]),
-    ("明日の東京の天気は？", "", [("get_weather", {"place": "東京"})]),
-    ("今日本は何時？", "", [("get_time", {"place": "日本"})]),
-    ("今治の天気", "", [("get_weather", {"place": "今治"})]),
-    ("New Yorkは何時？", "", [("get_time", {"place": "New York"})]),
-    ("今日の天気は？", "札幌", [("get_weather", {"place": "札幌"})]),
+    ("東京の天気", "", [(W, {"place": "東京"})]),
+    ("ニューヨークは何時？", "", [(T, {"place": "ニューヨーク"})]),
+    ("大阪の時間を教えて", "", [(T, {"place": "大阪"})]),
+    ("明日の東京の天気は？", "", [(W, {"place": "東京"})]),
+    ("今日本は何時？", "", [(T, {"place": "日本"})]),
+    ("今治の天気", "", [(W, {"place": "今治"})]),
+    ("New Yorkは何時？", "", [(T, {"place": "New York"})]),
+    ("今日の天気は？", "札幌", [(W, {"place": "札幌"})]),
     # Each place goes to its own request.
     (
         "東京は何時で、大阪の天気は？",
         "",
-        [("get_time", {"place": "東京"}), ("get_weather", {"place": "大阪"})],
+        [(T, {"place": "東京"}), (W, {"place": "大阪"})],
     ),
     # A single place serves both.
     (
         "東京は何時で、天気は？",
         "",
-        [("get_time", {"place": "東京"}), ("get_weather", {"place": "東京"})],
+        [(T, {"place": "東京"}), (W, {"place": "東京"})],
     ),
     # English places.
-    ("What's the weather in Paris?", "", [("get_weather", {"place": "Paris"})]),
-    ("What time is it in New York right now?", "", [("get_time", {"place": "New York"})]),
-    ("Tokyo weather?", "", [("get_weather", {"place": "Tokyo"})]),
-    ("what's the weather in san francisco", "", [("get_weather", {"place": "san francisco"})]),
+    ("What's the weather in Paris?", "", [(W, {"place": "Paris"})]),
+    ("What time is it in New York right now?", "", [(T, {"place": "New York"})]),
+    ("Tokyo weather?", "", [(W, {"place": "Tokyo"})]),
+    ("what's the weather in san francisco", "", [(W, {"place": "san francisco"})]),
     (
         "weather in Paris and time in Tokyo",
         "",
-        [("get_weather", {"place": "Paris"}), ("get_time", {"place": "Tokyo"})],
+        [(W, {"place": "Paris"}), (T, {"place": "Tokyo"})],
     ),
     (
         "What's the weather and time in London?",
         "",
-        [("get_weather", {"place": "London"}), ("get_time", {"place": "London"})],
+        [(W, {"place": "London"}), (T, {"place": "London"})],
     ),
-    ("What's the weather today?", "Berlin", [("get_weather", {"place": "Berlin"})]),
+    ("What's the weather today?", "Berlin", [(W, {"place": "Berlin"})]),
     ("What's the weather in my area?", "", []),
-    ("What time is it?", "Berlin", [("get_time", {})]),
+    ("What time is it?", "Berlin", [(T, {})]),
     # Korean places.
-    ("서울 날씨 어때?", "", [("get_weather", {"place": "서울"})]),
-    ("뉴욕은 몇 시야?", "", [("get_time", {"place": "뉴욕"})]),
-    ("부산의 날씨 알려줘", "", [("get_weather", {"place": "부산"})]),
-    ("오늘 서울 날씨는?", "", [("get_weather", {"place": "서울"})]),
-    ("지금 몇 시야?", "", [("get_time", {})]),
-    ("지금 몇 시고 날씨는 어때?", "", [("get_time", {})]),
+    ("서울 날씨 어때?", "", [(W, {"place": "서울"})]),
+    ("뉴욕은 몇 시야?", "", [(T, {"place": "뉴욕"})]),
+    ("부산의 날씨 알려줘", "", [(W, {"place": "부산"})]),
+    ("오늘 서울 날씨는?", "", [(W, {"place": "서울"})]),
+    ("지금 몇 시야?", "", [(T, {})]),
+    ("지금 몇 시고 날씨는 어때?", "", [(T, {})]),
     (
         "뉴욕은 몇 시고 부산 날씨는?",
         "",
-        [("get_time", {"place": "뉴욕"}), ("get_weather", {"place": "부산"})],
+        [(T, {"place": "뉴욕"}), (W, {"place": "부산"})],
     ),
     # Fortune takes no arguments.
-    ("운세 봐줘", "", [("get_fortune", {})]),
-    ("omikuji please", "", [("get_fortune", {})]),
+    ("운세 봐줘", "", [(F, {})]),
+    ("omikuji please", "", [(F, {})]),
 ]
 
 
+# Where the gazetteer reads a message differently, and why.
+WITH_GAZETTEER: dict[str, list[tuple[Intent, dict[str, str]]]] = {
+    # 日本 is a country, not a city: the user's own zone answers.
+    "今日本は何時？": [(T, {})],
+}
+
+
 @pytest.mark.parametrize(("message", "default_place", "expected"), PLANS)
-def test_plan_places(message: str, default_place: str, expected: list[Any]) -> None:
+def test_plan_places(
+    message: str, default_place: str, expected: list[Any], gazetteer: Gazetteer
+) -> None:
     assert calls(message, default_place) == expected
+    assert calls(message, default_place, gazetteer) == WITH_GAZETTEER.get(message, expected)
 
 
 EXPRESSIONS: list[tuple[str, list[str], str]] = [
@@ -216,36 +253,49 @@ def test_plan_extracts_expressions_the_calculator_accepts(
     message: str, expected: list[str], value: str
 ) -> None:
     planned = calls(message)
-    assert planned == [("calculate", {"expression": e}) for e in expected]
+    assert planned == [(C, {"expression": e}) for e in expected]
     assert calculate(expected[0]).result == value
 
 
 def test_plan_several_expressions_and_order() -> None:
     planned = calls("What time is it? Also 1+1 and 2*3, and my fortune")
     assert planned == [
-        ("get_time", {}),
-        ("calculate", {"expression": "1+1"}),
-        ("calculate", {"expression": "2*3"}),
-        ("get_fortune", {}),
+        (T, {}),
+        (C, {"expression": "1+1"}),
+        (C, {"expression": "2*3"}),
+        (F, {}),
     ]
 
 
-def test_plan_ids_and_compact_json() -> None:
-    planned = plan("東京は何時で、大阪の天気は？運勢と 1+2 も", default_place="")
-    assert [c.id for c in planned] == ["local-1", "local-2", "local-3", "local-4"]
-    assert [c.name for c in planned] == ["get_time", "get_weather", "get_fortune", "calculate"]
-    assert [c.arguments for c in planned] == [
-        '{"place":"東京"}',
-        '{"place":"大阪"}',
-        "{}",
-        '{"expression":"1+2"}',
+def test_plan_speaks_intents_in_the_order_asked() -> None:
+    planned = plan(analyse("東京は何時で、大阪の天気は？運勢と 1+2 も"))
+    assert planned == [
+        PlannedCall(T, {"place": "東京"}),
+        PlannedCall(W, {"place": "大阪"}),
+        PlannedCall(F, {}),
+        PlannedCall(C, {"expression": "1+2"}),
     ]
 
 
 def test_plan_without_tool_intents_is_empty() -> None:
-    assert plan("こんにちは") == []
-    assert plan("What can you do?", default_place="Tokyo") == []
-    assert plan("計算して") == []
+    assert plan(analyse("こんにちは")) == []
+    assert plan(analyse("What can you do?"), default_place="Tokyo") == []
+    assert plan(analyse("計算して")) == []
+
+
+def test_weather_without_any_place_is_no_call() -> None:
+    assert plan(analyse("天気は？"), default_place="  ") == []
+    assert plan(analyse("天気は？"), default_place=" 札幌 ") == [PlannedCall(W, {"place": "札幌"})]
+
+
+def test_the_analysis_carries_what_plan_and_compose_need() -> None:
+    analysis = analyse("おはよう！東京は何時で、大阪の天気は？ 1+2 と 3*4 も")
+    assert analysis.intents == (G, T, W, C)
+    assert dict(analysis.places) == {T: "東京", W: "大阪"}
+    assert analysis.expressions == ("1+2", "3*4")
+    assert analysis.greeting == "morning"
+    with pytest.raises(TypeError):
+        analysis.places[F] = "x"  # type: ignore[index]
 
 
 # --- compose() ------------------------------------------------------------------------------------
@@ -278,25 +328,45 @@ FORTUNE_RESULTS: dict[Language, dict[str, Any]] = {
 CALC_RESULT = {"result": "84", "value": 84.0, "is_integer": True}
 
 
+Result = tuple[Intent, ToolOutcome]
+
+
 def outcome(
-    name: str,
+    intent: Intent,
     arguments: dict[str, Any],
     result: dict[str, Any],
     status: ToolStatus = ToolStatus.OK,
     call_id: str = "local-1",
-) -> ToolOutcome:
-    call = ToolCallRequest(id=call_id, name=name, arguments=json.dumps(arguments))
-    return ToolOutcome(call=call, status=status, result=result, duration_seconds=0.01)
+) -> Result:
+    call = ToolCallRequest(id=call_id, name=TOOL_NAMES[intent], arguments=json.dumps(arguments))
+    return intent, ToolOutcome(call=call, status=status, result=result, duration_seconds=0.01)
+
+
+def say(message: str, language: Language, results: list[Result], **options: Any) -> str:
+    return compose(analyse(message), language, results, **options)
+
+
+def test_compose_reads_the_analysis_not_the_message() -> None:
+    # Built by hand, with no message at all: compose answers from what the analysis says.
+    analysis = Analysis(intents=(W, C), places={}, expressions=("2*3",), greeting=None, variant=0)
+    result = outcome(C, {"expression": "2*3"}, {"result": "6"})
+    reply = compose(analysis, "en", [result], ending="nyan")
+    assert "2*3 is 6" in reply
+    assert "Which city" in reply  # asked for the weather, named no place
+    greeted = Analysis(
+        intents=(G,), places={}, expressions=(), greeting=Greeting.EVENING, variant=0
+    )
+    assert compose(greeted, "ja", [], ending="にゃん").startswith("こんばんは")
 
 
 # (language, message, outcome, text every reply must contain)
-SUCCESSES: list[tuple[Language, str, ToolOutcome, list[str]]] = [
-    ("ja", "東京は何時？", outcome("get_time", {"place": "東京"}, TIME_RESULT), ["09:30", "東京"]),
-    ("ja", "今何時？", outcome("get_time", {}, {**TIME_RESULT, "place": ""}), ["09:30", "木曜日"]),
+SUCCESSES: list[tuple[Language, str, Result, list[str]]] = [
+    ("ja", "東京は何時？", outcome(T, {"place": "東京"}, TIME_RESULT), ["09:30", "東京"]),
+    ("ja", "今何時？", outcome(T, {}, {**TIME_RESULT, "place": ""}), ["09:30", "木曜日"]),
     (
         "en",
         "What time is it in Tokyo?",
-        outcome("get_time", {"place": "Tokyo"}, TIME_RESULT),
+        outcome(T, {"place": "Tokyo"}, TIME_RESULT),
         [
             "09:30",
             "Tokyo",
@@ -306,7 +376,7 @@ SUCCESSES: list[tuple[Language, str, ToolOutcome, list[str]]] = [
     (
         "ko",
         "도쿄는 몇 시야?",
-        outcome("get_time", {"place": "도쿄"}, TIME_RESULT),
+        outcome(T, {"place": "도쿄"}, TIME_RESULT),
         [
             "09:30",
             "도쿄",
@@ -316,48 +386,48 @@ SUCCESSES: list[tuple[Language, str, ToolOutcome, list[str]]] = [
     (
         "ja",
         "大阪の天気は？",
-        outcome("get_weather", {"place": "大阪"}, WEATHER_RESULTS["ja"]),
+        outcome(W, {"place": "大阪"}, WEATHER_RESULTS["ja"]),
         ["大阪", "晴れ", "12.3", "15", "8", "20%"],
     ),
     (
         "en",
         "Weather in Osaka?",
-        outcome("get_weather", {"place": "Osaka"}, WEATHER_RESULTS["en"]),
+        outcome(W, {"place": "Osaka"}, WEATHER_RESULTS["en"]),
         ["Osaka", "clear sky", "12.3°C", "high 15°C", "low 8°C", "20%"],
     ),
     (
         "ko",
         "오사카 날씨 어때?",
-        outcome("get_weather", {"place": "오사카"}, WEATHER_RESULTS["ko"]),
+        outcome(W, {"place": "오사카"}, WEATHER_RESULTS["ko"]),
         ["오사카", "맑음", "12.3도", "20%"],
     ),
-    ("ja", "運勢は？", outcome("get_fortune", {}, FORTUNE_RESULTS["ja"]), ["大吉", "鈴"]),
+    ("ja", "運勢は？", outcome(F, {}, FORTUNE_RESULTS["ja"]), ["大吉", "鈴"]),
     (
         "en",
         "My fortune?",
-        outcome("get_fortune", {}, FORTUNE_RESULTS["en"]),
+        outcome(F, {}, FORTUNE_RESULTS["en"]),
         [
             "Great blessing",
             "a bell",
         ],
     ),
-    ("ko", "운세 봐줘", outcome("get_fortune", {}, FORTUNE_RESULTS["ko"]), ["대길", "방울"]),
+    ("ko", "운세 봐줘", outcome(F, {}, FORTUNE_RESULTS["ko"]), ["대길", "방울"]),
     (
         "ja",
         "12×(3+4)は？",
-        outcome("calculate", {"expression": "12×(3+4)"}, CALC_RESULT),
+        outcome(C, {"expression": "12×(3+4)"}, CALC_RESULT),
         ["12×(3+4)", "84"],
     ),
     (
         "en",
         "what is 12*(3+4)?",
-        outcome("calculate", {"expression": "12*(3+4)"}, CALC_RESULT),
+        outcome(C, {"expression": "12*(3+4)"}, CALC_RESULT),
         ["12*(3+4)", "84"],
     ),
     (
         "ko",
         "12*(3+4)는?",
-        outcome("calculate", {"expression": "12*(3+4)"}, CALC_RESULT),
+        outcome(C, {"expression": "12*(3+4)"}, CALC_RESULT),
         ["12*(3+4)", "84"],
     ),
 ]
@@ -365,9 +435,9 @@ SUCCESSES: list[tuple[Language, str, ToolOutcome, list[str]]] = [
 
 @pytest.mark.parametrize(("language", "message", "result", "needles"), SUCCESSES)
 def test_compose_tells_each_result(
-    language: Language, message: str, result: ToolOutcome, needles: list[str]
+    language: Language, message: str, result: Result, needles: list[str]
 ) -> None:
-    reply = compose(message, language, [result], ending=ENDINGS[language])
+    reply = say(message, language, [result], ending=ENDINGS[language])
     for needle in needles:
         assert needle in reply, (needle, reply)
     assert_in_persona(reply, language)
@@ -375,37 +445,35 @@ def test_compose_tells_each_result(
 
 def test_compose_three_intents_in_order() -> None:
     message = "今何時で、天気はどうで、ついでに運勢も教えて"
-    planned = plan(message, default_place="大阪")
+    analysis = analyse(message)
+    planned = plan(analysis, default_place="大阪")
     results = [{**TIME_RESULT, "place": ""}, WEATHER_RESULTS["ja"], FORTUNE_RESULTS["ja"]]
-    outcomes = [
-        ToolOutcome(call=c, status=ToolStatus.OK, result=r, duration_seconds=0.1)
-        for c, r in zip(planned, results, strict=True)
-    ]
-    reply = compose(message, "ja", outcomes, ending="にゃん")
+    outcomes = [outcome(c.intent, c.arguments, r) for c, r in zip(planned, results, strict=True)]
+    reply = compose(analysis, "ja", outcomes, ending="にゃん")
     assert reply.index("09:30") < reply.index("晴れ") < reply.index("大吉")
     assert_in_persona(reply, "ja")
 
 
 def test_compose_asks_which_place_when_weather_has_no_place() -> None:
     message = "今何時で、天気はどうで、ついでに運勢も教えて"
-    planned = plan(message)
+    planned = plan(analyse(message))
     outcomes = [
-        outcome("get_time", {}, {**TIME_RESULT, "place": ""}),
-        outcome("get_fortune", {}, FORTUNE_RESULTS["ja"]),
+        outcome(T, {}, {**TIME_RESULT, "place": ""}),
+        outcome(F, {}, FORTUNE_RESULTS["ja"]),
     ]
-    assert [c.name for c in planned] == ["get_time", "get_fortune"]
-    reply = compose(message, "ja", outcomes, ending="にゃん")
+    assert [c.intent for c in planned] == [T, F]
+    reply = say(message, "ja", outcomes, ending="にゃん")
     for needle in ("どこ", "09:30", "大吉"):
         assert needle in reply
     assert_in_persona(reply, "ja")
-    assert "Which" in compose("What's the weather?", "en", [], ending="nyan")
-    assert "어느" in compose("날씨 어때?", "ko", [], ending="냥")
+    assert "Which" in say("What's the weather?", "en", [], ending="nyan")
+    assert "어느" in say("날씨 어때?", "ko", [], ending="냥")
 
 
 def test_compose_asks_for_an_expression() -> None:
-    assert "計算" in compose("計算して", "ja", [], ending="にゃん")
-    assert "calculate" in compose("Can you calculate something?", "en", [], ending="nyan")
-    assert "계산" in compose("계산해줘", "ko", [], ending="냥")
+    assert "計算" in say("計算して", "ja", [], ending="にゃん")
+    assert "calculate" in say("Can you calculate something?", "en", [], ending="nyan")
+    assert "계산" in say("계산해줘", "ko", [], ending="냥")
 
 
 FAILING_STATUSES = [
@@ -415,11 +483,11 @@ FAILING_STATUSES = [
     ToolStatus.REJECTED,
 ]
 # Results that look like answers: a failed call must never be told as one.
-FALLBACK_RESULTS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
-    "get_time": ({"place": "Atlantis"}, {**TIME_RESULT, "fallback": True}, "09:30"),
-    "get_weather": ({"place": "Atlantis"}, {**WEATHER_RESULTS["en"], "fallback": True}, "12.3"),
-    "get_fortune": ({}, {**FORTUNE_RESULTS["en"], "fallback": True}, "Great blessing"),
-    "calculate": ({"expression": "1/0"}, {"error": "Division by zero is undefined."}, "84"),
+FALLBACK_RESULTS: dict[Intent, tuple[dict[str, Any], dict[str, Any], str]] = {
+    T: ({"place": "Atlantis"}, {**TIME_RESULT, "fallback": True}, "09:30"),
+    W: ({"place": "Atlantis"}, {**WEATHER_RESULTS["en"], "fallback": True}, "12.3"),
+    F: ({}, {**FORTUNE_RESULTS["en"], "fallback": True}, "Great blessing"),
+    C: ({"expression": "1/0"}, {"error": "Division by zero is undefined."}, "84"),
 }
 HONEST: dict[Language, re.Pattern[str]] = {
     "ja": re.compile(r"わからない|ひけない|できない|見つからない"),
@@ -429,11 +497,13 @@ HONEST: dict[Language, re.Pattern[str]] = {
 
 
 @pytest.mark.parametrize("status", FAILING_STATUSES)
-@pytest.mark.parametrize("name", list(FALLBACK_RESULTS))
+@pytest.mark.parametrize("intent", list(FALLBACK_RESULTS))
 @pytest.mark.parametrize("language", ["ja", "en", "ko"])
-def test_compose_tells_failures_honestly(language: Language, name: str, status: ToolStatus) -> None:
-    arguments, result, fake_answer = FALLBACK_RESULTS[name]
-    reply = compose("…", language, [outcome(name, arguments, result, status)], ending="x")
+def test_compose_tells_failures_honestly(
+    language: Language, intent: Intent, status: ToolStatus
+) -> None:
+    arguments, result, fake_answer = FALLBACK_RESULTS[intent]
+    reply = say("…", language, [outcome(intent, arguments, result, status)], ending="x")
     assert fake_answer not in reply, reply
     assert HONEST[language].search(reply), reply
     assert re.search(r"x[。！!？?]?$", reply), reply
@@ -441,8 +511,8 @@ def test_compose_tells_failures_honestly(language: Language, name: str, status: 
 
 @pytest.mark.parametrize("language", ["ja", "en", "ko"])
 def test_compose_error_result_with_ok_status_is_a_failure(language: Language) -> None:
-    failed = outcome("get_weather", {"place": "Paris"}, {"error": "upstream timed out"})
-    reply = compose("weather in Paris", language, [failed], ending=ENDINGS[language])
+    failed = outcome(W, {"place": "Paris"}, {"error": "upstream timed out"})
+    reply = say("weather in Paris", language, [failed], ending=ENDINGS[language])
     assert HONEST[language].search(reply), reply
     assert "timed out" not in reply
     assert "Paris" in reply
@@ -450,31 +520,29 @@ def test_compose_error_result_with_ok_status_is_a_failure(language: Language) ->
 
 
 def test_compose_unknown_place_and_bad_expression_are_named() -> None:
-    unknown = outcome(
-        "get_time", {"place": "Atlantis"}, {"error": "x"}, ToolStatus.INVALID_ARGUMENT
-    )
-    assert "Atlantis" in compose("Atlantisは何時？", "ja", [unknown], ending="にゃん")
-    assert "見つからない" in compose("Atlantisは何時？", "ja", [unknown], ending="にゃん")
-    bad = outcome("calculate", {"expression": "2**"}, {"error": "bad"}, ToolStatus.INVALID_ARGUMENT)
-    assert "2**" in compose("2**", "en", [bad], ending="nyan")
+    unknown = outcome(T, {"place": "Atlantis"}, {"error": "x"}, ToolStatus.INVALID_ARGUMENT)
+    assert "Atlantis" in say("Atlantisは何時？", "ja", [unknown], ending="にゃん")
+    assert "見つからない" in say("Atlantisは何時？", "ja", [unknown], ending="にゃん")
+    bad = outcome(C, {"expression": "2**"}, {"error": "bad"}, ToolStatus.INVALID_ARGUMENT)
+    assert "2**" in say("2**", "en", [bad], ending="nyan")
     by_zero = outcome(
-        "calculate",
+        C,
         {"expression": "1/0"},
         {"error": "Division by zero is undefined."},
         ToolStatus.INVALID_ARGUMENT,
     )
-    assert "0で割る" in compose("1/0は？", "ja", [by_zero], ending="にゃん")
+    assert "0で割る" in say("1/0は？", "ja", [by_zero], ending="にゃん")
 
 
 @pytest.mark.parametrize("language", ["ja", "en", "ko"])
 def test_compose_missing_fields_are_not_invented(language: Language) -> None:
     empty = [
-        outcome("get_time", {}, {}, call_id="a"),
-        outcome("get_weather", {"place": "Rome"}, {"place": "Rome"}, call_id="b"),
-        outcome("get_fortune", {}, {"message": "?"}, call_id="c"),
-        outcome("calculate", {"expression": "1+1"}, {}, call_id="d"),
+        outcome(T, {}, {}, call_id="a"),
+        outcome(W, {"place": "Rome"}, {"place": "Rome"}, call_id="b"),
+        outcome(F, {}, {"message": "?"}, call_id="c"),
+        outcome(C, {"expression": "1+1"}, {}, call_id="d"),
     ]
-    reply = compose("time, weather, fortune, 1+1", language, empty, ending=ENDINGS[language])
+    reply = say("time, weather, fortune, 1+1", language, empty, ending=ENDINGS[language])
     assert len(HONEST[language].findall(reply)) >= 3, reply
     assert_in_persona(reply, language)
 
@@ -489,7 +557,7 @@ def test_compose_survives_malformed_arguments_and_camel_case_results() -> None:
         "todayMinC": 6.0,
         "precipitationProbabilityPercent": 80.0,
     }
-    reply = compose("weather", "en", [ToolOutcome(call, ToolStatus.OK, camel, 0.1)], ending="nyan")
+    reply = say("weather", "en", [(W, ToolOutcome(call, ToolStatus.OK, camel, 0.1))], ending="nyan")
     for needle in ("Rome", "9°C", "80%", "umbrella"):
         assert needle in reply
     assert_in_persona(reply, "en")
@@ -511,16 +579,16 @@ def test_compose_survives_malformed_arguments_and_camel_case_results() -> None:
 def test_compose_greeting_and_help_need_no_tools(
     language: Language, message: str, needle: str
 ) -> None:
-    reply = compose(message, language, [], ending=ENDINGS[language])
+    reply = say(message, language, [], ending=ENDINGS[language])
     assert needle in reply, reply
     assert_in_persona(reply, language)
 
 
 def test_compose_greeting_with_a_tool_greets_then_answers() -> None:
-    reply = compose(
+    reply = say(
         "こんにちは！12×(3+4)は？",
         "ja",
-        [outcome("calculate", {"expression": "12×(3+4)"}, CALC_RESULT)],
+        [outcome(C, {"expression": "12×(3+4)"}, CALC_RESULT)],
         ending="にゃん",
     )
     assert reply.startswith("こんにちは")
@@ -531,8 +599,8 @@ def test_compose_greeting_with_a_tool_greets_then_answers() -> None:
 @pytest.mark.parametrize("language", ["ja", "en", "ko"])
 def test_compose_small_talk_is_deterministic_and_varied(language: Language) -> None:
     messages = ["今日は疲れた", "I love cats", "고양이 좋아해", "hmm", "そうなの", "ok then"]
-    replies = [compose(m, language, [], ending=ENDINGS[language]) for m in messages]
-    assert replies == [compose(m, language, [], ending=ENDINGS[language]) for m in messages]
+    replies = [say(m, language, [], ending=ENDINGS[language]) for m in messages]
+    assert replies == [say(m, language, [], ending=ENDINGS[language]) for m in messages]
     assert len(set(replies)) >= 2
     for reply in replies:
         assert_in_persona(reply, language)
@@ -552,28 +620,28 @@ def test_compose_emotion_colours_the_opening(
     language: Language, dominant: str, needle: str
 ) -> None:
     emotion = Emotion(scores={dominant: 1.0}, dominant=dominant)
-    reply = compose("…", language, [], emotion=emotion, ending=ENDINGS[language])
+    reply = say("…", language, [], emotion=emotion, ending=ENDINGS[language])
     assert needle in reply
-    assert needle not in compose("…", language, [], emotion=Emotion.neutral(), ending="x")
+    assert needle not in say("…", language, [], emotion=Emotion.neutral(), ending="x")
     assert_in_persona(reply, language)
 
 
 @pytest.mark.parametrize("language", ["ja", "en", "ko"])
 def test_compose_stays_short_with_many_results(language: Language) -> None:
     long_fortune = {**FORTUNE_RESULTS[language], "message": "長" * 500}
-    outcomes = [outcome("get_fortune", {}, long_fortune, call_id="f")] + [
-        outcome("calculate", {"expression": f"{i}*{i}"}, {"result": str(i * i)}, call_id=str(i))
+    outcomes = [outcome(F, {}, long_fortune, call_id="f")] + [
+        outcome(C, {"expression": f"{i}*{i}"}, {"result": str(i * i)}, call_id=str(i))
         for i in range(12)
     ]
-    reply = compose("運勢と計算", language, outcomes, ending=ENDINGS[language])
+    reply = say("運勢と計算", language, outcomes, ending=ENDINGS[language])
     assert reply.startswith({"ja": "今日", "en": "Today", "ko": "오늘"}[language])
     assert_in_persona(reply, language)
 
 
 def test_compose_huge_numbers_are_shortened_honestly() -> None:
     big = str(2**1000)
-    result = outcome("calculate", {"expression": "2**1000"}, {"result": big})
-    reply = compose("2**1000", "en", [result], ending="nyan")
+    result = outcome(C, {"expression": "2**1000"}, {"result": big})
+    reply = say("2**1000", "en", [result], ending="nyan")
     assert big[:20] in reply
     assert "302 digits" in reply
     assert_in_persona(reply, "en")
@@ -581,34 +649,44 @@ def test_compose_huge_numbers_are_shortened_honestly() -> None:
 
 @pytest.mark.parametrize("ending", ["にゃん", "nyan", "냥", ""])
 def test_compose_ends_with_the_given_ending(ending: str) -> None:
-    reply = compose("東京の天気", "ja", [], ending=ending)
+    reply = say("東京の天気", "ja", [], ending=ending)
     assert re.search(re.escape(ending) + r"[。！？]$", reply), reply
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200))
-def test_any_text_plans_valid_json_and_replies_in_persona(message: str) -> None:
-    planned = plan(message, default_place="Tokyo")
+def test_any_text_plans_string_arguments_and_replies_in_persona(message: str) -> None:
+    analysis = analyse(message)
+    planned = plan(analysis, default_place="Tokyo")
     for call in planned:
-        arguments = json.loads(call.arguments)
-        assert isinstance(arguments, dict)
-        assert call.name in {"get_time", "get_weather", "get_fortune", "calculate"}
-    outcomes = [ToolOutcome(c, ToolStatus.FALLBACK, {"error": "x"}, 0.0) for c in planned]
+        assert call.intent in TOOL_INTENTS
+        assert all(isinstance(v, str) and v for v in call.arguments.values())
+        assert set(call.arguments) <= {"place", "expression"}
+    outcomes = [
+        outcome(c.intent, c.arguments, {"error": "x"}, ToolStatus.FALLBACK) for c in planned
+    ]
+    quoted = [value for call in planned for value in call.arguments.values()]
     for language in ("ja", "en", "ko"):
-        assert_in_persona(compose(message, language, outcomes, ending=ENDINGS[language]), language)
+        reply = compose(analysis, language, outcomes, ending=ENDINGS[language])
+        assert_in_persona(reply, language, quoted)
 
 
 # --- Speed ----------------------------------------------------------------------------------------
 
 
-def test_thousand_mixed_messages_in_well_under_a_second() -> None:
+@pytest.mark.parametrize("with_gazetteer", [False, True])
+def test_thousand_mixed_messages_in_well_under_a_second(
+    with_gazetteer: bool, gazetteer: Gazetteer
+) -> None:
     messages = [message for message, _ in INTENTS] + [message for message, _, _ in PLANS]
     batch = (messages * (1000 // len(messages) + 1))[:1000]
-    result = outcome("get_time", {}, TIME_RESULT)
+    result = outcome(T, {}, TIME_RESULT)
+    places = gazetteer if with_gazetteer else None
     start = time.perf_counter()
     for message in batch:
-        plan(message, default_place="Tokyo")
-        compose(message, "ja", [result], ending="にゃん")
+        analysis = analyse(message, places)
+        plan(analysis, default_place="Tokyo")
+        compose(analysis, "ja", [result], ending="にゃん")
     assert time.perf_counter() - start < 1.0
 
 
@@ -627,10 +705,14 @@ def test_thousand_mixed_messages_in_well_under_a_second() -> None:
         "sqrt(" * 800,
     ],
 )
-def test_largest_hostile_messages_stay_fast(message: str) -> None:
+@pytest.mark.parametrize("with_gazetteer", [False, True])
+def test_largest_hostile_messages_stay_fast(
+    message: str, with_gazetteer: bool, gazetteer: Gazetteer
+) -> None:
     message = message[:4000]
     start = time.perf_counter()
-    plan(message, default_place="Tokyo")
-    compose(message, "en", [], ending="nyan")
+    analysis = analyse(message, gazetteer if with_gazetteer else None)
+    plan(analysis, default_place="Tokyo")
+    compose(analysis, "en", [], ending="nyan")
     # Typical messages take tens of microseconds; the largest hostile ones a few milliseconds.
     assert time.perf_counter() - start < 0.05
