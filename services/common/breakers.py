@@ -5,7 +5,7 @@ Each `Breaker` wraps a local, in-memory pybreaker.CircuitBreaker: pybreaker's ow
 decides when to open, half-open and close. Used around one outbound call as
 
     with breaker.calling(budget):
-        await stub.Method(request, timeout=budget.require())
+        reply = await unary(stub.Method(request, timeout=budget.require()))
 
 where `budget` is the `services.common.deadline.Budget` the call runs with. An exception counts
 as a failure of the dependency only when the dependency is to blame:
