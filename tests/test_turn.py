@@ -8,12 +8,13 @@ import asyncio
 import math
 from typing import Any
 
+import grpc
 import pytest
 from prometheus_client import REGISTRY
 
 from services.common import redisconn
 from services.common.validation import InvalidArgument
-from services.orchestrator.agent import RateLimited, StoreUnavailable, TurnAborted
+from services.orchestrator.agent import RateLimited, StoreUnavailable, TurnAborted, TurnTimeout
 from services.orchestrator.llm import LlmUnavailable, estimate_prompt_tokens
 from services.orchestrator.model import (
     SystemMessage,
@@ -416,3 +417,262 @@ async def test_streamed_events_name_every_tool_call_once() -> None:
         await h.chat("今何時？それと運勢！")
     started = [e.call.name for e in h.events if isinstance(e, ToolStarted)]
     assert started == ["get_time", "get_fortune"]
+
+
+# -- the turn's ordinary promises, kept ------------------------------------------------------
+
+
+async def test_tools_of_one_llm_response_run_concurrently() -> None:
+    llm = ScriptedLlm(
+        script=[
+            calls(
+                ("get_time", {"place": "東京"}),
+                ("get_weather", {"place": "大阪"}),
+                ("calculate", {"expression": "6*7"}),
+            ),
+            said("東京は9時半、大阪は晴れ、答えは42だにゃん"),
+        ]
+    )
+    async with harness(llm=llm) as h:
+        h.tools.delays = {"GetTime": 0.4, "GetWeather": 1.0, "Calculate": 0.3}
+        started = asyncio.get_running_loop().time()
+        result = await h.chat("時間と天気と計算")
+        elapsed = asyncio.get_running_loop().time() - started
+    assert max(o.duration_seconds for o in result.tool_outcomes) >= 0.95
+    assert elapsed < 1.6  # one after another the tools alone would take 1.7 s
+    assert h.tools.most_in_flight == 3
+    assert result.reply == "東京は9時半、大阪は晴れ、答えは42だにゃん"
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (150, 30)
+    assert result.usage.cost_usd == pytest.approx((150 * 1.0 + 30 * 2.0) / 1e6)
+
+
+async def test_llm_errors_fall_back_to_the_local_planner() -> None:
+    async with harness(llm=ScriptedLlm(default=LlmUnavailable("HTTP 500"))) as h:
+        result = await h.chat("こんにちは！今何時？")
+    assert "llm" in result.degraded
+    assert result.usage.model == "local-planner"
+    assert names(result.tool_outcomes) == ["get_time"]
+    assert ends_in_nyan(result.reply)
+
+
+async def test_a_hanging_llm_is_answered_by_the_planner_within_the_deadline() -> None:
+    llm = ScriptedLlm(default=said("too late"), delay=60)
+    async with harness(llm=llm) as h:
+        started = asyncio.get_running_loop().time()
+        result = await h.chat("what time is it?", within=3.0)
+        assert asyncio.get_running_loop().time() - started < 3.0
+    assert "llm" in result.degraded
+    assert result.language == "en"
+    assert result.reply.rstrip("!.?").endswith("nyan")
+    assert llm.cancelled == 0  # it timed out by its own budget; nothing left running
+    assert llm.timeouts[0] < 3.0 - 1.0  # time was kept back for the planner
+
+
+async def test_an_llm_calling_the_same_tool_forever_is_capped_and_answered() -> None:
+    def again(request: Any) -> Any:
+        return calls(("calculate", {"expression": "1+1"}))
+
+    llm = ScriptedLlm(default=again)
+    async with harness(llm=llm, max_tool_rounds=3) as h:
+        result = await h.chat("1+1は？")
+    assert len(h.tools.called("Calculate")) == 1  # repeats answered from the first result
+    statuses = [o.status for o in result.tool_outcomes]
+    assert statuses[0] == ToolStatus.OK
+    assert set(statuses[1:]) == {ToolStatus.DEDUPLICATED}
+    assert len(llm.requests) == 4  # three tool rounds and a last call without tools
+    assert llm.requests[-1].tools == ()
+    assert ends_in_nyan(result.reply)
+
+
+@pytest.mark.parametrize(
+    "bad_reply",
+    ["It is sunny today, nyan.", "今日は晴れです", "長い" * 400 + "にゃん"],
+    ids=["english-to-japanese", "missing-ending", "too-long"],
+)
+async def test_persona_violations_are_repaired_when_the_retry_fails_too(bad_reply: str) -> None:
+    llm = ScriptedLlm(default=said(bad_reply))
+    async with harness(llm=llm, max_reply_chars=400) as h:
+        result = await h.chat("今日はどんな日？")
+    assert len(llm.requests) == 2  # one corrective retry, no more
+    assert ends_in_nyan(result.reply)
+    assert len(result.reply) <= 400
+    assert any("\u3040" <= ch <= "\u30ff" for ch in result.reply)
+
+
+async def test_tools_failing_open_the_breaker_which_recovers() -> None:
+    async with harness(llm=False, breaker_fail_max=2, breaker_reset_seconds=0.5) as h:
+        h.tools.failures = {"Calculate": grpc.StatusCode.UNAVAILABLE}
+        first = [(await h.chat("12*3は？")).tool_outcomes[0].status for _ in range(2)]
+        assert first == [ToolStatus.FALLBACK] * 2
+        h.tools.failures = {}
+        asked = len(h.tools.calls)
+        third = await h.chat("12*3は？")
+        assert third.tool_outcomes[0].status == ToolStatus.CIRCUIT_OPEN
+        assert "tools" in third.degraded
+        assert "できない" in third.reply  # the failure is told, not hidden
+        assert len(h.tools.calls) == asked  # the open circuit did not call
+        await asyncio.sleep(0.6)
+        recovered = await h.chat("12*3は？")
+    assert recovered.tool_outcomes[0].status == ToolStatus.OK
+    assert not recovered.degraded
+
+
+async def test_a_tool_refusing_the_arguments_never_opens_the_breaker() -> None:
+    async with harness(llm=False, breaker_fail_max=2) as h:
+        h.tools.failures = {"Calculate": grpc.StatusCode.INVALID_ARGUMENT}
+        for _ in range(4):
+            result = await h.chat("12*3は？")
+            assert result.tool_outcomes[0].status == ToolStatus.INVALID_ARGUMENT
+    assert h.parts.tools._breaker.state == "closed"
+
+
+async def test_emotion_failure_gives_neutral_and_degraded() -> None:
+    async with harness(llm=False) as h:
+        h.emotion.failures = {"Analyze": grpc.StatusCode.INTERNAL}
+        result = await h.chat("hello!")
+    assert result.emotion.dominant == "neutral"
+    assert "emotion" in result.degraded
+
+
+async def test_twenty_concurrent_turns_of_one_user_are_serialized_and_all_kept() -> None:
+    def echo(request: Any) -> Any:
+        return said(f"{request.messages[-1].text}を受け取ったにゃん")
+
+    llm = ScriptedLlm(default=echo)
+    async with harness(llm=llm, history_max_turns=50) as h:
+        replies = await asyncio.gather(
+            *(h.chat(f"msg-{i}", user_id="many", language="ja", within=30) for i in range(20))
+        )
+        history = (await h.parts.sessions.load("many")).history
+    assert sorted(r.reply for r in replies) == sorted(
+        f"msg-{i}を受け取ったにゃん" for i in range(20)
+    )
+    assert [t.assistant for t in history] == [f"{t.user}を受け取ったにゃん" for t in history]
+    # Each turn saw the history of all the turns before it: the lock serialized them.
+    assert sorted(len(r.messages) for r in llm.requests) == [2 + 2 * i for i in range(20)]
+
+
+async def test_a_spent_budget_is_answered_by_the_planner_not_refused() -> None:
+    worst = await worst_case_usd()
+    llm = ScriptedLlm(default=costly)
+    async with harness(llm=llm, user_daily_budget_usd=1.5 * worst) as h:
+        assert (await h.chat("こんにちは", user_id="spender")).usage.model == "fake-model"
+        second = await h.chat("こんにちは", user_id="spender")
+        await h.settled()
+        report = await h.agent.usage("spender")
+    assert "budget" in second.degraded
+    assert second.usage.model == "local-planner"
+    assert len(llm.requests) == 1
+    assert report.user_today.turns == 2
+    assert report.user_today.cost_usd == pytest.approx((1300 * 1.0 + 800 * 2.0) / 1e6)
+
+
+async def test_the_budget_is_checked_before_each_llm_call_within_a_turn() -> None:
+    worst = await worst_case_usd()
+    first = calls(("calculate", {"expression": "6*7"}), tokens=(1300, 800))
+    llm = ScriptedLlm(script=[first], default=said("答えは42だにゃん"))
+    async with harness(llm=llm, user_daily_budget_usd=1.5 * worst) as h:
+        result = await h.chat("6*7は？", user_id="midturn")
+    assert len(llm.requests) == 1
+    assert "budget" in result.degraded
+    assert "42" in result.reply  # composed from what the tool said
+
+
+async def test_unknown_tools_and_malformed_arguments_become_error_results() -> None:
+    bad = calls(
+        ("get_horoscope", {}),
+        ("calculate", "{not json"),
+        ("calculate", {"expression": 42}),
+        ("calculate", {}),
+        ("get_time", {"place": "東京", "hack": 1}),
+    )
+    llm = ScriptedLlm(script=[bad], default=said("ごめん、うまくいかなかったにゃん"))
+    async with harness(llm=llm) as h:
+        result = await h.chat("占って")
+    assert [o.status for o in result.tool_outcomes] == [ToolStatus.REJECTED] * 5
+    errors = [r["error"] for r in tool_results(llm.requests[1])]
+    assert "unknown tool 'get_horoscope'" in errors[0]
+    assert "not valid JSON" in errors[1]
+    assert "expression must be a string" in errors[2]
+    assert "needs the argument(s): expression" in errors[3]
+    assert "no argument 'hack'" in errors[4]
+    assert h.tools.calls == []
+    assert result.reply == "ごめん、うまくいかなかったにゃん"
+
+
+async def test_the_llm_cannot_speak_for_another_user() -> None:
+    forged = calls(("get_fortune", {"user_id": "someone-else", "timezone": "UTC"}))
+    llm = ScriptedLlm(script=[forged], default=said("大吉だにゃん"))
+    async with harness(llm=llm) as h:
+        await h.chat("運勢は？", user_id="me", timezone="Asia/Seoul")
+    request = h.tools.called("GetFortune")[0]
+    assert (request.user_id, request.timezone, request.language) == ("me", "Asia/Seoul", "ja")
+
+
+async def test_a_turn_that_cannot_finish_in_time_stores_nothing() -> None:
+    async with harness(llm=False) as h:
+        h.tools.delays = {"Calculate": 1.5}
+        slow = asyncio.create_task(h.chat("12*3は？", user_id="late"))
+        await until(lambda: h.tools.calls)
+        # The user's first turn holds their lock past this one's deadline.
+        with pytest.raises(TurnTimeout):
+            await h.chat("こんにちは", user_id="late", within=0.5, request_id="r-late")
+        assert (await slow).tool_outcomes[0].status == ToolStatus.OK
+        history = (await h.parts.sessions.load("late")).history
+        assert [t.user for t in history] == ["12*3は？"]
+        assert await h.parts.sessions.cached_answer("late", "r-late") is None
+        assert (await h.agent.usage("late")).user_today.turns == 1
+
+
+async def test_erasing_a_user_forgets_them_and_only_them() -> None:
+    llm = ScriptedLlm(default=said("はいにゃん", 1000, 100))
+    async with harness(llm=llm) as h:
+        await h.chat("はじめまして", user_id="leaver", timezone="Europe/Paris")
+        await h.chat("はじめまして", user_id="stayer")
+        await h.settled()
+        assert (await h.agent.usage("leaver")).user_month.prompt_tokens == 1000
+        assert await h.agent.erase("leaver") > 0
+        report = await h.agent.usage("leaver")
+        assert (report.user_today.turns, report.user_month.cost_usd) == (0, 0)
+        assert report.global_today.turns == 2
+        assert (await h.agent.usage("stayer")).user_today.turns == 1
+        await h.chat("もう一度", user_id="leaver")
+    assert llm.wire()[1:] == [{"role": "user", "content": "もう一度"}]
+    assert "Asia/Tokyo" in llm.wire()[0]["content"]  # the stored zone is gone too
+
+
+async def test_the_timezone_comes_from_the_request_then_the_stored_preference() -> None:
+    async with harness(llm=False) as h:
+        await h.chat("今何時？", user_id="tz")
+        await h.chat("今何時？", user_id="tz", timezone="America/New_York")
+        await h.chat("今何時？", user_id="tz")
+    zones = [request.timezone for request in h.tools.called("GetTime")]
+    assert zones == ["Asia/Tokyo", "America/New_York", "America/New_York"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"user_id": "", "message": "hi"}, "user_id"),
+        ({"user_id": "x" * 129, "message": "hi"}, "user_id"),
+        ({"user_id": "bad\x07id", "message": "hi"}, "user_id"),
+        ({"user_id": "evil\u202eid", "message": "hi"}, "user_id"),
+        ({"user_id": "u", "message": "   "}, "message"),
+        ({"user_id": "u", "message": "a" * 4001}, "message"),
+        ({"user_id": "u", "message": "nul\x00byte"}, "message"),
+        ({"user_id": "u", "message": "flip \u202e this"}, "message"),
+        ({"user_id": "u", "message": "hi", "language": "not a tag!"}, "language"),
+        ({"user_id": "u", "message": "hi", "timezone": "Mars/Olympus"}, "timezone"),
+        ({"user_id": "u", "message": "hi", "request_id": "r" * 200}, "request_id"),
+    ],
+)
+async def test_every_bad_field_is_named_and_nothing_is_stored(
+    fields: dict[str, str], named: str
+) -> None:
+    async with harness(llm=False) as h:
+        user_id = fields.pop("user_id")
+        message = fields.pop("message")
+        with pytest.raises(InvalidArgument) as refused:
+            await h.chat(message, user_id=user_id, **fields)
+        assert str(refused.value).startswith(named)
+        assert (await h.agent.usage("u")).global_today.turns == 0

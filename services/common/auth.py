@@ -19,6 +19,8 @@ from typing import Any, Final
 import grpc
 import grpc.aio
 
+from services.common.interceptors import wrap_rpc_behavior
+
 _OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _SCHEME: Final = "bearer "
 
@@ -50,75 +52,38 @@ def _token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
 
 def _refusal(
     handler: grpc.RpcMethodHandler[Any, Any], message: str
-) -> grpc.RpcMethodHandler[Any, Any]:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+) -> grpc.RpcMethodHandler[Any, Any] | None:
+    def wrap(_behavior: Any, _request_streaming: bool, response_streaming: bool) -> Any:
+        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - makes this an async generator, like the handler it replaces
+        async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            yield  # pragma: no cover - makes this an async generator, like the handler
 
-    if handler.response_streaming:
-        factory = (
-            grpc.stream_stream_rpc_method_handler
-            if handler.request_streaming
-            else grpc.unary_stream_rpc_method_handler
-        )
-        return factory(
-            refuse_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    factory_unary = (
-        grpc.stream_unary_rpc_method_handler
-        if handler.request_streaming
-        else grpc.unary_unary_rpc_method_handler
-    )
-    return factory_unary(
-        refuse,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+        return refuse_stream if response_streaming else refuse
+
+    return wrap_rpc_behavior(handler, wrap)
 
 
 def _as_caller(
     handler: grpc.RpcMethodHandler[Any, Any], name: str
-) -> grpc.RpcMethodHandler[Any, Any]:
+) -> grpc.RpcMethodHandler[Any, Any] | None:
     """`handler` with the caller's name set for the handler's own task."""
-    if handler.response_streaming:
-        inner_stream: Any = handler.unary_stream or handler.stream_stream
+
+    def wrap(behavior: Any, _request_streaming: bool, response_streaming: bool) -> Any:
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            _caller.set(name)
+            return await behavior(request, context)
 
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _caller.set(name)
-            async for response in inner_stream(request, context):
+            async for response in behavior(request, context):
                 yield response
 
-        factory = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream
-            else grpc.stream_stream_rpc_method_handler
-        )
-        return factory(
-            stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    inner: Any = handler.unary_unary or handler.stream_unary
+        return stream if response_streaming else unary
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        _caller.set(name)
-        return await inner(request, context)
-
-    factory_unary = (
-        grpc.unary_unary_rpc_method_handler
-        if handler.unary_unary
-        else grpc.stream_unary_rpc_method_handler
-    )
-    return factory_unary(
-        unary,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return wrap_rpc_behavior(handler, wrap)
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):

@@ -236,6 +236,10 @@ class Agent:
     def bookkeeper(self) -> Bookkeeper:
         return self._bookkeeper
 
+    @property
+    def parts(self) -> AgentParts:
+        return self._parts
+
     async def aclose(self) -> None:
         """Let what is still being recorded or committed finish (briefly)."""
         if self._background:

@@ -167,9 +167,7 @@ class ToolRunner:
             return ToolStatus.CIRCUIT_OPEN, spec.fallback()
         except grpc.aio.AioRpcError as exc:
             if exc.code() in CALLER_ERRORS:
-                detail = (exc.details() or "the tool refused the arguments")[
-                    :_MAX_TOOL_ERROR_CHARS
-                ]
+                detail = (exc.details() or "the tool refused the arguments")[:_MAX_TOOL_ERROR_CHARS]
                 return ToolStatus.INVALID_ARGUMENT, {"error": detail}
             return self._fallback(spec, exc.code().name, budget)
         return ToolStatus.OK, json_format.MessageToDict(

@@ -108,6 +108,25 @@ class LlmUnavailable(LlmError):
     """Overloaded, failing, unreachable or answering nonsense, after the retries allowed."""
 
 
+class LlmRejected(LlmError):
+    """The provider refused the request itself (HTTP 4xx other than 429)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"LLM rejected the request: HTTP {status}")
+        self.status = status
+
+    @property
+    def is_request_error(self) -> bool:
+        """The request was at fault (malformed, too large), not the provider: a breaker counts
+        it as an answer. A refused key (401, 403) or a missing model (404) is the provider's
+        setup failing, and counts against it."""
+        return self.status in (400, 413, 422)
+
+
+def is_request_error(error: BaseException) -> bool:
+    return isinstance(error, LlmRejected) and error.is_request_error
+
+
 class LlmTimeout(LlmError):
     """The time budget ran out."""
 
@@ -201,7 +220,7 @@ class OpenAIChat:
                 delay = _backoff(attempt)
             except openai.APIStatusError as exc:
                 if not _retryable(exc.status_code):
-                    raise LlmError(f"LLM rejected the request: HTTP {exc.status_code}") from exc
+                    raise LlmRejected(exc.status_code) from exc
                 failure = exc
                 reason = f"HTTP {exc.status_code}"
                 server_delay = _retry_after_seconds(exc.response.headers)
@@ -345,7 +364,10 @@ def _reply_from(completion: object, configured_model: str) -> LlmReply:
     content = getattr(message, "content", None)
     if content is not None and not isinstance(content, str):
         raise LlmUnavailable("LLM response content is not text")
-    calls = [_tool_call(call, index) for index, call in enumerate(_list(message, "tool_calls"))]
+    taken: set[str] = set()  # ids within one reply must be unique: each result names its call
+    calls = [
+        _tool_call(call, index, taken) for index, call in enumerate(_list(message, "tool_calls"))
+    ]
     usage = getattr(completion, "usage", None)
     model = getattr(completion, "model", None)
     return LlmReply(
@@ -367,7 +389,7 @@ def _list(obj: object, name: str) -> list[Any]:
     return value
 
 
-def _tool_call(call: object, index: int) -> ToolCallRequest | None:
+def _tool_call(call: object, index: int, taken: set[str]) -> ToolCallRequest | None:
     function = getattr(call, "function", None)
     if function is None:
         # Custom (free-text) tools are never offered, so their calls cannot be ours.
@@ -383,9 +405,21 @@ def _tool_call(call: object, index: int) -> ToolCallRequest | None:
         # Some OpenAI-compatible servers send the arguments as an object, not as JSON text.
         arguments = json.dumps(arguments, ensure_ascii=False)
     call_id = getattr(call, "id", None)
-    if not isinstance(call_id, str) or not call_id:
-        call_id = f"call_{index}"  # the tool result must name a call; some servers omit ids
+    if not isinstance(call_id, str) or not call_id or call_id in taken:
+        # The tool result must name its call: some servers omit ids, and two results naming
+        # one id make the next request invalid.
+        call_id = _fresh_id(index, taken)
+    taken.add(call_id)
     return ToolCallRequest(id=call_id, name=name, arguments=arguments)
+
+
+def _fresh_id(index: int, taken: set[str]) -> str:
+    candidate = f"call_{index}"
+    suffix = 0
+    while candidate in taken:
+        suffix += 1
+        candidate = f"call_{index}_{suffix}"
+    return candidate
 
 
 _MAX_MODEL_CHARS: Final = 100

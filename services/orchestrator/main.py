@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import grpc.aio
 import redis.asyncio as redis
@@ -12,15 +14,15 @@ import redis.asyncio as redis
 from chatagent.v1 import chat_pb2, chat_pb2_grpc, emotion_pb2, speech_pb2, tools_pb2
 from services.common import redisconn, server
 from services.common.auth import BearerTokenInterceptor
-from services.common.breakers import BreakerBoard
+from services.common.breakers import Breaker, BreakerBoard
 from services.common.channels import open_channel
-from services.common.gazetteer import load_gazetteer
+from services.common.gazetteer import Gazetteer, load_gazetteer
 from services.common.language import warm_up
 from services.orchestrator.agent import Agent, AgentParts
 from services.orchestrator.clients import EmotionClient, SpeechClient, ToolRunner, is_caller_error
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.limits import MemoryRateLimiter, Rate, RateLimiter, RedisRateLimiter
-from services.orchestrator.llm import Llm, LlmTimeout, OpenAIChat
+from services.orchestrator.llm import Llm, LlmTimeout, OpenAIChat, is_request_error
 from services.orchestrator.servicer import ChatServicer
 from services.orchestrator.sessions import MemorySessionStore, RedisSessionStore, SessionStore
 from services.orchestrator.toolspec import tool_specs
@@ -73,6 +75,73 @@ def stores(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Channels:
+    tools: grpc.aio.Channel
+    emotion: grpc.aio.Channel
+    speech: grpc.aio.Channel
+
+
+def open_channels(settings: OrchestratorSettings) -> Channels:
+    return Channels(
+        tools=open_channel(settings.tools_addr, [_service(tools_pb2, "ToolService")]),
+        emotion=open_channel(settings.emotion_addr, [_service(emotion_pb2, "EmotionService")]),
+        speech=open_channel(settings.speech_addr, [_service(speech_pb2, "SpeechService")]),
+    )
+
+
+def build_agent(
+    settings: OrchestratorSettings,
+    *,
+    client: redis.Redis | None,
+    board: BreakerBoard,
+    channels: Channels,
+    llm: Llm | None,
+    places: Gazetteer | None,
+) -> Agent:
+    """The agent and its parts, wired as in production (tests build theirs here too)."""
+
+    def breaker(name: str, **predicates: Any) -> Breaker:
+        return board.breaker(
+            name,
+            fail_max=settings.breaker_fail_max,
+            reset_seconds=settings.breaker_reset_seconds,
+            **predicates,
+        )
+
+    sessions, limiter, ledger = stores(settings, client)
+    return Agent(
+        settings,
+        AgentParts(
+            sessions=sessions,
+            limiter=limiter,
+            ledger=ledger,
+            tools=ToolRunner(
+                channels.tools,
+                breaker("tools", is_caller_error=is_caller_error),
+                timeout_seconds=settings.tool_timeout_seconds,
+            ),
+            emotion=EmotionClient(
+                channels.emotion,
+                breaker("emotion", is_caller_error=is_caller_error),
+                timeout_seconds=settings.emotion_timeout_seconds,
+            ),
+            speech=SpeechClient(
+                channels.speech,
+                breaker("speech", is_caller_error=is_caller_error),
+                timeout_seconds=settings.speech_timeout_seconds,
+            ),
+            llm=llm,
+            llm_breaker=breaker(
+                "llm",
+                is_timeout=lambda error: isinstance(error, LlmTimeout),
+                is_caller_error=is_request_error,
+            ),
+            places=places,
+        ),
+    )
+
+
 async def setup(host: server.ServiceHost, settings: OrchestratorSettings) -> None:
     # A ToolService RPC this orchestrator cannot offer stops the start, naming it.
     tool_specs()
@@ -83,34 +152,9 @@ async def setup(host: server.ServiceHost, settings: OrchestratorSettings) -> Non
         # Sessions, limits and budgets live there: without Redis no turn can be served, so
         # readiness follows it for the life of the process.
         host.add_dependency_monitor("redis", client.ping)
-    sessions, limiter, ledger = stores(settings, client)
-
-    board = BreakerBoard(client)
-    breakers = {
-        name: board.breaker(
-            name,
-            fail_max=settings.breaker_fail_max,
-            reset_seconds=settings.breaker_reset_seconds,
-            is_caller_error=is_caller_error,
-        )
-        for name in ("tools", "emotion", "speech")
-    }
-    llm_breaker = board.breaker(
-        "llm",
-        fail_max=settings.breaker_fail_max,
-        reset_seconds=settings.breaker_reset_seconds,
-        is_timeout=lambda error: isinstance(error, LlmTimeout),
-    )
-    host.add_readiness_check("breakers", board.start)
-    host.add_closer("breakers", board.aclose)
-
-    channels = {
-        "tools": open_channel(settings.tools_addr, [_service(tools_pb2, "ToolService")]),
-        "emotion": open_channel(settings.emotion_addr, [_service(emotion_pb2, "EmotionService")]),
-        "speech": open_channel(settings.speech_addr, [_service(speech_pb2, "SpeechService")]),
-    }
-    for name, channel in channels.items():
-        host.add_closer(f"{name} channel", channel.close)
+    channels = open_channels(settings)
+    for name in ("tools", "emotion", "speech"):
+        host.add_closer(f"{name} channel", getattr(channels, name).close)
 
     llm: Llm | None = None
     if settings.uses_openai:
@@ -127,31 +171,13 @@ async def setup(host: server.ServiceHost, settings: OrchestratorSettings) -> Non
     else:
         logger.info("LLM: the local planner (no OPENAI_API_KEY or OPENAI_BASE_URL)")
 
+    board = BreakerBoard(client)
     places = await asyncio.to_thread(load_gazetteer, settings.gazetteer_min_population)
-    agent = Agent(
-        settings,
-        AgentParts(
-            sessions=sessions,
-            limiter=limiter,
-            ledger=ledger,
-            tools=ToolRunner(
-                channels["tools"], breakers["tools"], timeout_seconds=settings.tool_timeout_seconds
-            ),
-            emotion=EmotionClient(
-                channels["emotion"],
-                breakers["emotion"],
-                timeout_seconds=settings.emotion_timeout_seconds,
-            ),
-            speech=SpeechClient(
-                channels["speech"],
-                breakers["speech"],
-                timeout_seconds=settings.speech_timeout_seconds,
-            ),
-            llm=llm,
-            llm_breaker=llm_breaker,
-            places=places,
-        ),
+    agent = build_agent(
+        settings, client=client, board=board, channels=channels, llm=llm, places=places
     )
+    host.add_readiness_check("breakers", board.start)
+    host.add_closer("breakers", board.aclose)
     # Closed before the channels and Redis: what is still being recorded gets its moment.
     host.add_closer("agent", agent.aclose)
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(agent, settings), host.server)

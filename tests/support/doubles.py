@@ -28,6 +28,8 @@ class Double:
     delays: dict[str, float] = field(default_factory=dict)
     failures: dict[str, grpc.StatusCode] = field(default_factory=dict)
     calls: list[tuple[str, object, float]] = field(default_factory=list)
+    # Calls whose client went away (cancelled, or past its deadline) before the answer.
+    cancelled: list[str] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: grpc.Server | None = None
@@ -50,7 +52,13 @@ class Double:
             self.calls.append((method, request, time.monotonic()))
         delay = self.delays.get(method, 0.0)
         if delay:
-            self.release.wait(delay)
+            end = time.monotonic() + delay
+            while time.monotonic() < end and not self.release.is_set():
+                if not context.is_active():
+                    with self._lock:
+                        self.cancelled.append(method)
+                    return
+                self.release.wait(0.01)
         failure = self.failures.get(method)
         if failure is not None:
             context.abort(failure, f"{method} failed on purpose")

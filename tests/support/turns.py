@@ -26,10 +26,9 @@ from services.common.channels import open_channel
 from services.common.deadline import Deadline
 from services.common.gazetteer import load_gazetteer
 from services.orchestrator.agent import Agent, AgentParts
-from services.orchestrator.clients import EmotionClient, SpeechClient, ToolRunner, is_caller_error
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.llm import LlmReply, LlmRequest, LlmTimeout
-from services.orchestrator.main import stores
+from services.orchestrator.main import Channels, build_agent
 from services.orchestrator.model import (
     AssistantMessage,
     Message,
@@ -293,51 +292,28 @@ async def harness(
     emotion_server, emotion_address = await _serve(
         emotion_pb2_grpc.add_EmotionServiceServicer_to_server, _Emotion(emotion_recorder, answer)
     )
-    channels = [
-        open_channel(tools_address or address, ["chatagent.v1.ToolService"]),
-        open_channel(emotion_address, ["chatagent.v1.EmotionService"]),
-        open_channel("127.0.0.1:1", ["chatagent.v1.SpeechService"]),
-    ]
+    channels = Channels(
+        tools=open_channel(tools_address or address, ["chatagent.v1.ToolService"]),
+        emotion=open_channel(emotion_address, ["chatagent.v1.EmotionService"]),
+        speech=open_channel("127.0.0.1:1", ["chatagent.v1.SpeechService"]),
+    )
     board = BreakerBoard(redis_client)
-
-    def breaker(name: str, **kwargs: Any) -> Any:
-        return board.breaker(
-            name,
-            fail_max=config.breaker_fail_max,
-            reset_seconds=config.breaker_reset_seconds,
-            **kwargs,
-        )
-
-    sessions, limiter, ledger = stores(config, redis_client)
-    parts = AgentParts(
-        sessions=sessions,
-        limiter=limiter,
-        ledger=ledger,
-        tools=ToolRunner(
-            channels[0],
-            breaker("tools", is_caller_error=is_caller_error),
-            timeout_seconds=config.tool_timeout_seconds,
-        ),
-        emotion=EmotionClient(
-            channels[1],
-            breaker("emotion", is_caller_error=is_caller_error),
-            timeout_seconds=config.emotion_timeout_seconds,
-        ),
-        speech=SpeechClient(
-            channels[2], breaker("speech"), timeout_seconds=config.speech_timeout_seconds
-        ),
+    agent = build_agent(
+        config,
+        client=redis_client,
+        board=board,
+        channels=channels,
         llm=scripted,
-        llm_breaker=breaker("llm", is_timeout=lambda error: isinstance(error, LlmTimeout)),
         places=load_gazetteer(config.gazetteer_min_population),
     )
+    parts = agent.parts
     await board.start()
-    agent = Agent(config, parts)
     try:
         yield Harness(agent, config, scripted, tools_recorder, emotion_recorder, answer, parts)
     finally:
         await agent.aclose()
         await board.aclose()
-        for channel in channels:
+        for channel in (channels.tools, channels.emotion, channels.speech):
             await channel.close()
         await tools_server.stop(None)
         await emotion_server.stop(None)
