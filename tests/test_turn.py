@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as redis
 from prometheus_client import REGISTRY
 
 from services.common import redisconn
@@ -39,6 +41,19 @@ async def worst_case_usd(message: str = "こんにちは", **settings: Any) -> f
         await h.chat(message, user_id="calibration")
     request = llm.requests[0]
     return (estimate_prompt_tokens(request) * 1.0 + request.max_tokens * 2.0) / 1e6
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[redis.Redis | None]:
+    """The stores a test runs on: in this process, or a real Redis (the harness's client)."""
+    if request.param == "memory":
+        yield None
+        return
+    client = redisconn.connect(request.getfixturevalue("redis_url"), 2.0)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 def costly(_request: Any) -> Any:
@@ -81,8 +96,10 @@ async def test_a_place_comes_only_from_words_the_gazetteer_knows() -> None:
 # -- money -----------------------------------------------------------------------------------
 
 
-async def test_a_turn_cancelled_after_its_first_llm_call_still_counts_its_cost() -> None:
-    async with harness() as h:
+async def test_a_turn_cancelled_after_its_first_llm_call_still_counts_its_cost(
+    store: redis.Redis | None,
+) -> None:
+    async with harness(redis_client=store) as h:
         assert h.llm is not None
         h.llm.script = [calls(("calculate", {"expression": "6*7"}), tokens=(100_000, 500_000))]
         h.tools.delays = {"Calculate": 30}
@@ -118,11 +135,15 @@ async def test_an_llm_call_abandoned_mid_flight_is_cancelled_and_charged_its_pro
         assert report.user_today.completion_tokens == 0
 
 
-async def test_concurrent_turns_cannot_overshoot_a_small_global_budget() -> None:
+async def test_concurrent_turns_cannot_overshoot_a_small_global_budget(
+    store: redis.Redis | None,
+) -> None:
     worst = await worst_case_usd(llm_max_tokens=800)
     budget = 3.5 * worst
     llm = ScriptedLlm(default=costly, delay=0.05)
-    async with harness(llm=llm, global_monthly_budget_usd=budget, llm_max_tokens=800) as h:
+    async with harness(
+        llm=llm, redis_client=store, global_monthly_budget_usd=budget, llm_max_tokens=800
+    ) as h:
         results = await asyncio.gather(
             *(h.chat("こんにちは", user_id=f"crowd-{i}", within=20) for i in range(20))
         )
@@ -133,6 +154,37 @@ async def test_concurrent_turns_cannot_overshoot_a_small_global_budget() -> None
     assert report.global_month.cost_usd <= budget
     assert sum("budget" in r.degraded for r in results) == 17
     assert all(ends_in_nyan(r.reply) for r in results)
+
+
+async def test_two_replicas_on_one_redis_cannot_overshoot_a_small_global_budget(
+    redis_url: str,
+) -> None:
+    worst = await worst_case_usd(llm_max_tokens=800)
+    budget = 3.5 * worst
+    clients = [redisconn.connect(redis_url, 2.0) for _ in range(2)]
+    llms = [ScriptedLlm(default=costly, delay=0.05) for _ in range(2)]
+    settings: dict[str, Any] = {"global_monthly_budget_usd": budget, "llm_max_tokens": 800}
+    try:
+        async with (
+            harness(llm=llms[0], redis_client=clients[0], **settings) as a,
+            harness(llm=llms[1], redis_client=clients[1], **settings) as b,
+        ):
+            replicas = [a, b]
+            results = await asyncio.gather(
+                *(
+                    replicas[i % 2].chat("こんにちは", user_id=f"crowd-{i}", within=20)
+                    for i in range(20)
+                )
+            )
+            await a.settled()
+            await b.settled()
+            report = await a.agent.usage("crowd-0")
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert sum(len(llm.requests) for llm in llms) == 3
+    assert report.global_month.cost_usd <= budget
+    assert sum("budget" in r.degraded for r in results) == 17
 
 
 async def test_every_llm_request_carries_max_tokens_the_corrective_retry_too() -> None:
@@ -221,11 +273,13 @@ async def test_timeouts_at_the_llms_own_bound_open_its_breaker() -> None:
 # -- erasure that lasts, a lock that holds ---------------------------------------------------
 
 
-async def test_an_erase_during_a_slow_turn_leaves_nothing_of_it() -> None:
+async def test_an_erase_during_a_slow_turn_leaves_nothing_of_it(
+    store: redis.Redis | None,
+) -> None:
     llm = ScriptedLlm(
         script=[calls(("calculate", {"expression": "6*7"})), said("42だにゃん", 1000, 100)]
     )
-    async with harness(llm=llm) as h:
+    async with harness(llm=llm, redis_client=store) as h:
         h.tools.delays = {"Calculate": 0.5}
         turn = asyncio.create_task(
             h.chat("6*7は？", user_id="gdpr", request_id="r1", timezone="Europe/Paris")
@@ -245,10 +299,12 @@ async def test_an_erase_during_a_slow_turn_leaves_nothing_of_it() -> None:
         assert report.global_today.cost_usd > 0  # spent is spent, for the caller and globally
 
 
-async def test_turns_of_one_user_stay_serialized_across_an_erase() -> None:
+async def test_turns_of_one_user_stay_serialized_across_an_erase(
+    store: redis.Redis | None,
+) -> None:
     gate = asyncio.Event()
     llm = ScriptedLlm(default=said("はいにゃん"), gate=gate)
-    async with harness(llm=llm) as h:
+    async with harness(llm=llm, redis_client=store) as h:
         first = asyncio.create_task(h.chat("一つ目", user_id="busy"))
         await llm.started.wait()
         await h.agent.erase("busy")
@@ -377,9 +433,14 @@ async def test_a_reply_that_echoes_the_system_prompt_is_refused_in_persona() -> 
 # -- idempotency -----------------------------------------------------------------------------
 
 
-async def test_a_replay_is_answered_even_when_the_rate_limit_is_spent() -> None:
+async def test_a_replay_is_answered_even_when_the_rate_limit_is_spent(
+    store: redis.Redis | None,
+) -> None:
     async with harness(
-        llm=ScriptedLlm(default=said("一回目だにゃん")), user_burst=1, user_rate_per_minute=1.0
+        llm=ScriptedLlm(default=said("一回目だにゃん")),
+        redis_client=store,
+        user_burst=1,
+        user_rate_per_minute=1.0,
     ) as h:
         first = await h.chat("hi", user_id="retrier", request_id="r-1")
         again = await h.chat("hi", user_id="retrier", request_id="r-1")

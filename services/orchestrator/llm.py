@@ -31,6 +31,7 @@ from openai.types.chat import (
     ChatCompletion,
 )
 
+from services.common.deadline import Deadline
 from services.orchestrator.model import (
     AssistantMessage,
     Message,
@@ -168,11 +169,10 @@ class OpenAIChat:
         )
 
     async def complete(self, request: LlmRequest, *, timeout_seconds: float) -> LlmReply:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_seconds
+        deadline = Deadline.after(timeout_seconds)
         body = self._body(request)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with deadline.timeout():
                 completion = await self._create_with_retries(body, deadline)
         except TimeoutError as exc:
             raise LlmTimeout(f"LLM gave no answer within {timeout_seconds:.3g}s") from exc
@@ -196,12 +196,13 @@ class OpenAIChat:
             body["temperature"] = self._temperature
         return body
 
-    async def _create_with_retries(self, body: dict[str, Any], deadline: float) -> ChatCompletion:
-        loop = asyncio.get_running_loop()
+    async def _create_with_retries(
+        self, body: dict[str, Any], deadline: Deadline
+    ) -> ChatCompletion:
         failure: openai.APIError
         delay: float
         for attempt in range(self._max_retries + 1):
-            remaining = deadline - loop.time()
+            remaining = deadline.remaining()
             if remaining <= 0:
                 raise TimeoutError
             last = attempt == self._max_retries
@@ -209,7 +210,7 @@ class OpenAIChat:
             try:
                 return await self._create(body, attempt_timeout)
             except openai.APITimeoutError as exc:
-                if last or deadline - loop.time() <= 0:
+                if last or deadline.expired():
                     raise TimeoutError from exc
                 # The attempt already waited; retry at once on a fresh connection.
                 logger.info("LLM attempt %d timed out; retrying", attempt + 1)
@@ -233,7 +234,7 @@ class OpenAIChat:
                 raise LlmUnavailable(
                     f"LLM unavailable after {attempt + 1} attempts: {reason}"
                 ) from failure
-            if delay >= deadline - loop.time():
+            if delay >= deadline.remaining():
                 raise LlmUnavailable(
                     f"LLM unavailable ({reason}); the next retry, in {delay:.3g}s, "
                     "would not fit in the time left"

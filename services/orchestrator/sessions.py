@@ -29,6 +29,7 @@ from typing import Final, Protocol
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from services.common.deadline import Deadline
 from services.orchestrator import keys
 from services.orchestrator.codec import decode_turn, encode_turn
 from services.orchestrator.model import HistoryTurn, Preferences
@@ -295,8 +296,7 @@ class MemorySessionStore:
                 del self._locks[user_id]
 
     async def _acquire(self, entry: _MemoryLock, wait_seconds: float, ttl_seconds: float) -> int:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_seconds
+        deadline = Deadline.after(wait_seconds)
         while True:
             now = self._clock()
             if not entry.holder or entry.expires_at <= now:
@@ -305,7 +305,7 @@ class MemorySessionStore:
                 entry.expires_at = now + ttl_seconds
                 entry.released.clear()
                 return entry.holder
-            remaining = deadline - loop.time()
+            remaining = deadline.remaining()
             if remaining <= 0:
                 raise LockTimeout(f"the user's lock was busy for {wait_seconds:.3f} s")
             try:
@@ -555,14 +555,13 @@ class RedisSessionStore:
         fence = keys.user_key(user_id, "fence")
         owner = secrets.token_hex(16)
         args: list[str | int] = [owner, _millis(ttl_seconds), self._fence_ttl_ms]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_seconds
+        deadline = Deadline.after(wait_seconds)
         pause = _FIRST_PAUSE_SECONDS
         while True:
             token, erasures = await self._acquire(keys=[key, fence], args=args)
             if int(token):
                 break
-            remaining = deadline - loop.time()
+            remaining = deadline.remaining()
             if remaining <= 0:
                 raise LockTimeout(f"the user's lock was busy for {wait_seconds:.3f} s")
             jittered = random.uniform(pause / 2, pause)  # noqa: S311 - spreads retries, not a secret

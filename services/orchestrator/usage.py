@@ -34,6 +34,7 @@ import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, WatchError
 
+from services.common.deadline import Deadline
 from services.orchestrator import metrics
 from services.orchestrator.keys import caller_key, global_key, user_key
 from services.orchestrator.model import UsageReport, UsageTotals
@@ -759,8 +760,7 @@ class Bookkeeper:
         return task
 
     async def _run(self, attempt: Callable[[], Awaitable[None]], what: str) -> None:
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + _SETTLE_GIVE_UP_SECONDS
+        give_up = Deadline.after(_SETTLE_GIVE_UP_SECONDS)
         pause = _SETTLE_FIRST_PAUSE
         failures = 0
         while True:
@@ -768,7 +768,7 @@ class Bookkeeper:
                 await attempt()
             except (RedisError, OSError) as exc:
                 failures += 1
-                if loop.time() + pause > give_up:
+                if give_up.remaining() < pause:
                     metrics.UNSETTLED.labels(what).inc()
                     logger.error(
                         "usage could not be recorded; its hold expires on its own",

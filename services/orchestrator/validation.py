@@ -28,7 +28,13 @@ _BIDI_CONTROLS: Final = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _CONTROLS: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _LANGUAGE_TAG: Final = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 _TAG_CHARACTERS: Final = re.compile("[\U000e0000-\U000e007f]")
-_EMOJI_TAG_SEQUENCE: Final = re.compile("\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f")
+# Only the three flags in use (Unicode's RGI set): any other tag run after 🏴 would smuggle text.
+_EMOJI_TAG_SEQUENCE: Final = re.compile(
+    "|".join(
+        "\U0001f3f4" + "".join(chr(0xE0000 + ord(c)) for c in code) + "\U000e007f"
+        for code in ("gbeng", "gbsct", "gbwls")
+    )
+)
 # Categories that show nothing by themselves: separators, controls, formatting, marks, surrogates,
 # private use and unassigned code points.
 _INVISIBLE_CATEGORIES: Final = frozenset(
