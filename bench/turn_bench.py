@@ -21,7 +21,8 @@ import time
 import grpc.aio
 
 from chatagent.v1 import chat_pb2, chat_pb2_grpc
-from services.orchestrator.llm import OpenAIChat
+from services.orchestrator.llm import LlmRequest, OpenAIChat
+from services.orchestrator.model import UserMessage
 from tests.support.doubles import emotion_double, tools_double
 from tests.support.fake_openai import Reply, fake_openai
 from tests.support.process import ServiceProcess
@@ -98,7 +99,9 @@ async def llm_round_trip(base_url: str, samples: int = 300) -> float:
     latencies = []
     for _ in range(samples):
         started = time.perf_counter()
-        await llm.complete([{"role": "user", "content": "こんにちは"}], [], timeout_seconds=5)
+        await llm.complete(
+            LlmRequest((UserMessage("こんにちは"),), (), max_tokens=256), timeout_seconds=5
+        )
         latencies.append(time.perf_counter() - started)
     await llm.aclose()
     return statistics.median(latencies[samples // 5 :])
@@ -117,14 +120,21 @@ def main() -> None:
             "SPEECH_ADDR": "127.0.0.1:1",
             "OPENAI_BASE_URL": llm.base_url,
             "OPENAI_API_KEY": "sk-bench",
-            "CHAT_API_TOKENS": TOKEN,
+            "CHAT_API_TOKENS": f"bench:{TOKEN}",
             "LOG_LEVEL": "WARNING",
             "USER_RATE_PER_MINUTE": "1000000",
             "USER_BURST": "100000",
             "GLOBAL_RATE_PER_SECOND": "1000000",
             "GLOBAL_BURST": "100000",
-            "USER_DAILY_BUDGET_USD": "0",
-            "GLOBAL_MONTHLY_BUDGET_USD": "0",
+            "CALLER_RATE_PER_MINUTE": "1000000",
+            "CALLER_BURST": "100000",
+            "LLM_MODEL": "fake-model",
+            "LLM_PRICES": '{"fake-model": [0.15, 0.6]}',
+            # Budgets on, far away: every LLM call is still reserved and settled, as in
+            # production.
+            "USER_DAILY_BUDGET_USD": "1000000",
+            "CALLER_DAILY_BUDGET_USD": "1000000",
+            "GLOBAL_MONTHLY_BUDGET_USD": "1000000",
         }
         with ServiceProcess("orchestrator", env) as chat:
             chat.start(wait_for="chatagent.v1.ChatService")

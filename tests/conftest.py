@@ -2,11 +2,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
+from tests.support.pki import make_pki
 from tests.support.redis_server import RedisNotAvailable, redis_server
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (CN=client)."""
+    return make_pki(tmp_path_factory)
 
 
 @pytest.fixture

@@ -47,8 +47,9 @@ CALLER_ERRORS: Final = frozenset(
         grpc.StatusCode.FAILED_PRECONDITION,
     }
 )
-# What a tool's own error message may bring into the LLM's next prompt.
+# What a tool's own error message may bring into the LLM's next prompt, and its answer.
 _MAX_TOOL_ERROR_CHARS: Final = 300
+MAX_TOOL_RESULT_BYTES: Final = 16_384
 # Metric label for tool names the contract does not have (the LLM's inventions).
 UNKNOWN_TOOL: Final = "unknown"
 
@@ -170,6 +171,9 @@ class ToolRunner:
                 detail = (exc.details() or "the tool refused the arguments")[:_MAX_TOOL_ERROR_CHARS]
                 return ToolStatus.INVALID_ARGUMENT, {"error": detail}
             return self._fallback(spec, exc.code().name, budget)
+        if response.ByteSize() > MAX_TOOL_RESULT_BYTES:
+            # Every byte of it would go into the next prompt, at the user's expense.
+            return self._fallback(spec, "answer too large", budget)
         return ToolStatus.OK, json_format.MessageToDict(
             response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )

@@ -130,9 +130,13 @@ class Prices:
 
     def cost_nanos(self, model: str, prompt_tokens: int, completion_tokens: int) -> int:
         prompt, completion = self.of(model)
+        # Rounded before the ceiling: float noise (3 * 0.1 = 0.30000000000000004) is no nano-dollar.
         return math.ceil(
-            (prompt_tokens * prompt + completion_tokens * completion)
-            * _NANOS_PER_TOKEN_PER_USD_PER_M
+            round(
+                (prompt_tokens * prompt + completion_tokens * completion)
+                * _NANOS_PER_TOKEN_PER_USD_PER_M,
+                3,
+            )
         )
 
     def usage(self, model: str, prompt_tokens: int, completion_tokens: int) -> Usage:
@@ -782,6 +786,12 @@ class Bookkeeper:
                     )
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, _SETTLE_MAX_PAUSE)
+            except Exception:
+                # A bug, not an outage: retrying would not help. Said loudly, never raised into
+                # the turn that is waiting for it.
+                metrics.UNSETTLED.labels(what).inc()
+                logger.exception("usage could not be recorded", extra={"what": what})
+                return
             else:
                 if failures:
                     logger.info("usage recorded after a retry", extra={"what": what})
