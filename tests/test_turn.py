@@ -19,6 +19,7 @@ from services.common.validation import InvalidArgument
 from services.orchestrator.agent import RateLimited, StoreUnavailable, TurnAborted, TurnTimeout
 from services.orchestrator.llm import LlmUnavailable, estimate_prompt_tokens
 from services.orchestrator.model import (
+    AssistantMessage,
     SystemMessage,
     ToolStarted,
     ToolStatus,
@@ -737,3 +738,14 @@ async def test_every_bad_field_is_named_and_nothing_is_stored(
             await h.chat(message, user_id=user_id, **fields)
         assert str(refused.value).startswith(named)
         assert (await h.agent.usage("u")).global_today.turns == 0
+
+
+async def test_arguments_no_tool_could_take_are_not_repeated_in_the_next_prompt() -> None:
+    huge = calls(("calculate", '{"expression": "' + "1+" * 5000 + '1"}'))
+    llm = ScriptedLlm(script=[huge], default=said("長すぎるにゃん"))
+    async with harness(llm=llm) as h:
+        result = await h.chat("計算して")
+    assert result.tool_outcomes[0].status == ToolStatus.REJECTED
+    echoed = [m for m in llm.requests[1].messages if isinstance(m, AssistantMessage)]
+    assert echoed[-1].tool_calls[0].arguments == "{}"
+    assert estimate_prompt_tokens(llm.requests[1]) < estimate_prompt_tokens(llm.requests[0]) + 500

@@ -81,7 +81,12 @@ from services.orchestrator.model import (
     UserMessage,
 )
 from services.orchestrator.sessions import Lease, LeaseLost, LockTimeout, SessionStore
-from services.orchestrator.toolspec import ToolContext, spec_for_intent, tool_specs
+from services.orchestrator.toolspec import (
+    MAX_ARGUMENT_BYTES,
+    ToolContext,
+    spec_for_intent,
+    tool_specs,
+)
 from services.orchestrator.usage import (
     Account,
     Bookkeeper,
@@ -108,6 +113,8 @@ _COMMIT_RESERVE_SECONDS: Final = 0.05
 _LOCK_GRACE_SECONDS: Final = 5.0
 # A hold on the budgets outlives its call by this much (the settle is a round trip after it).
 _HOLD_GRACE_SECONDS: Final = 60.0
+# OpenAI's limit on a function name; longer names are no tool of ours.
+_MAX_ECHOED_NAME: Final = 64
 _SENTENCE_END: Final = re.compile(r"(?<=[。！？!?\.…])\s*")
 
 
@@ -514,7 +521,7 @@ class Agent:
                 # Done, or asking for tools it was not offered: the rounds are spent.
                 break
             outcomes = await self._run_tools(turn, reply.tool_calls)
-            messages.append(AssistantMessage(reply.content, tuple(reply.tool_calls)))
+            messages.append(AssistantMessage(reply.content, tuple(map(_echo, reply.tool_calls))))
             messages.extend(ToolResultMessage(o.call.id, o.result) for o in outcomes)
             if round_number == 0 and emotion_task.done() and not emotion_task.cancelled():
                 emotion = emotion_task.result()
@@ -692,6 +699,13 @@ def split_sentences(text: str) -> list[str]:
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _echo(call: ToolCallRequest) -> ToolCallRequest:
+    """The call as the next prompt repeats it: what no tool could take is not paid for twice."""
+    if len(call.arguments) <= MAX_ARGUMENT_BYTES and len(call.name) <= _MAX_ECHOED_NAME:
+        return call
+    return ToolCallRequest(call.id, call.name[:_MAX_ECHOED_NAME], "{}")
 
 
 def _model_label(answered: str, configured: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -105,6 +106,14 @@ class OrchestratorSettings(ServiceSettings):
     @classmethod
     def _prices(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("llm_prices")
+    @classmethod
+    def _sane_prices(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for model, pair in value.items():
+            if not all(math.isfinite(price) and price >= 0 for price in pair):
+                raise ValueError(f"the price of {model!r} must be two finite numbers >= 0")
+        return value
 
     @field_validator("persona_endings", mode="before")
     @classmethod
