@@ -97,9 +97,9 @@ _REFUSALS: Final[Mapping[Language, tuple[str, ...]]] = MappingProxyType(
 )
 
 # A reply reproduces the prompt when its runs of at least `_ECHO_RUN` characters in common with
-# the prompt (compared case-folded, NFKC, whitespace collapsed) cover this many characters, or
-# this share of the prompt, whichever is less. Names and short phrases ("Tama", "a cat") do not
-# count; a quoted sentence of the instructions does.
+# the prompt (compared case-folded, NFKC, without whitespace and invisible characters) cover
+# this many characters, or this share of the prompt, whichever is less. Names and short phrases
+# ("Tama", "a cat") do not count; a quoted sentence of the instructions does.
 _ECHO_RUN: Final = 24
 _ECHO_MIN_CHARS: Final = 80
 _ECHO_MIN_SHARE: Final = 0.25
@@ -252,8 +252,15 @@ def emotion_hint(label: str) -> str:
     return f"The user's message reads as {label}; answer with that in mind."
 
 
+# Invisible between letters (zero-width spaces and joiners, variation selectors, ...): an echo
+# with them or with spaces interleaved reads the same to the user, so neither is compared.
+_UNSEEN_IN_ECHOES: Final = frozenset({"Cf", "Mn", "Me"})
+
+
 def _normalized(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    seen = "".join(ch for ch in folded if unicodedata.category(ch) not in _UNSEEN_IN_ECHOES)
+    return "".join(seen.split())
 
 
 def reproduces_prompt(reply: str, prompt: str) -> bool:
