@@ -1,10 +1,12 @@
-"""The OpenAI-compatible LLM backend, with the real openai client against a local fake server."""
+"""The OpenAI-compatible LLM backend, with the real openai client against a local fake server:
+neutral messages and tool specs go out as Chat Completions requests, and whatever comes back is
+read as untrusted input."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from email.utils import formatdate
 from typing import Any
 
@@ -12,58 +14,105 @@ import httpx
 import openai
 import pytest
 
+from services.orchestrator import llm as llm_module
 from services.orchestrator.llm import (
+    _MAX_MODEL_CHARS,
+    _MAX_TOKEN_COUNT,
     LlmError,
+    LlmRejected,
+    LlmReply,
+    LlmRequest,
     LlmTimeout,
     LlmUnavailable,
+    MaxTokensParameter,
     OpenAIChat,
     _retry_after_seconds,
+    estimate_prompt_tokens,
+    is_request_error,
 )
-from services.orchestrator.model import TokenUsage, ToolCallRequest
-from tests.support.fake_openai import FakeOpenAI, Reply, fake_openai
+from services.orchestrator.model import (
+    AssistantMessage,
+    Message,
+    SystemMessage,
+    ToolCallRequest,
+    ToolResultMessage,
+    UserMessage,
+)
+from services.orchestrator.toolspec import ToolSpec, tool_specs
+from tests.support.fake_openai import FakeOpenAI, Reply, completion_body, fake_openai
 from tests.support.ports import free_port
 
 API_KEY = "sk-test-0123456789"
 MODEL = "gpt-test"
-MESSAGES: list[dict[str, Any]] = [
-    {"role": "system", "content": "あなたは猫です。語尾は「にゃん」。"},
-    {"role": "user", "content": "東京の天気は？"},
+MAX_TOKENS = 321
+SYSTEM = "あなたは猫です。語尾は「にゃん」。"
+QUESTION = "東京の天気は？"
+MESSAGES: tuple[Message, ...] = (SystemMessage(SYSTEM), UserMessage(QUESTION))
+WIRE_MESSAGES: list[dict[str, Any]] = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": QUESTION},
 ]
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The current weather of a place.",
-            "parameters": {
-                "type": "object",
-                "properties": {"location": {"type": "string"}},
-                "required": ["location"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "get_time",
-            "description": "The current time in a time zone.",
-            "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}},
-        },
-    },
-]
+TOOLS: tuple[ToolSpec, ...] = tuple(tool_specs().values())
 
 
-@pytest.fixture
-def upstream() -> Iterator[FakeOpenAI]:
+def request(
+    messages: Sequence[Message] = MESSAGES,
+    tools: Sequence[ToolSpec] = TOOLS,
+    max_tokens: int = MAX_TOKENS,
+) -> LlmRequest:
+    return LlmRequest(messages=messages, tools=tools, max_tokens=max_tokens)
+
+
+def body_with(**changes: Any) -> dict[str, Any]:
+    """A well-formed completion body, with `changes` applied to the body (top level) or, for
+    keys starting with "choice_", to its first choice."""
+    body = completion_body(Reply(content="にゃん"), "chatcmpl-edited")
+    for key, value in changes.items():
+        if key.startswith("choice_"):
+            body["choices"][0][key.removeprefix("choice_")] = value
+        else:
+            body[key] = value
+    return body
+
+
+@pytest.fixture(scope="module")
+def _server() -> Iterator[FakeOpenAI]:
     with fake_openai() as fake:
         yield fake
 
 
 @pytest.fixture
+def upstream(_server: FakeOpenAI) -> FakeOpenAI:
+    """The module's fake, as new: one server for all (starting and stopping one costs 0.1 s)."""
+    _server.script.clear()
+    _server.responder = None
+    _server.default = FakeOpenAI().default
+    _server.requests.clear()
+    return _server
+
+
+@pytest.fixture
 async def llm(upstream: FakeOpenAI) -> AsyncIterator[OpenAIChat]:
-    chat = OpenAIChat(api_key=API_KEY, base_url=upstream.base_url, model=MODEL, max_retries=2)
-    yield chat
-    await chat.aclose()
+    # The fake speaks plain HTTP; without certificates to load, a client costs 1 ms, not 100.
+    async with openai.DefaultAsyncHttpxClient(verify=False) as http:
+        chat = OpenAIChat(
+            api_key=API_KEY,
+            base_url=upstream.base_url,
+            model=MODEL,
+            max_retries=2,
+            http_client=http,
+        )
+        yield chat
+        await chat.aclose()
+
+
+@pytest.fixture
+def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries after 10 ms instead of 0.5 s and more, for tests about what is retried."""
+    monkeypatch.setattr(llm_module, "INITIAL_BACKOFF_SECONDS", 0.01)
+
+
+# -- the request -------------------------------------------------------------------------------
 
 
 async def test_text_reply_carries_messages_tools_and_key(
@@ -75,19 +124,149 @@ async def test_text_reply_carries_messages_tools_and_key(
         )
     )
 
-    reply = await llm.complete(MESSAGES, TOOLS, timeout_seconds=5)
+    reply = await llm.complete(request(), timeout_seconds=5)
 
-    assert reply.content == "晴れだにゃん"
-    assert reply.tool_calls == []
-    assert reply.usage == TokenUsage(prompt_tokens=123, completion_tokens=45)
-    assert reply.model == "gpt-test-0613"
-    [request] = upstream.requests
-    assert request.path == "/v1/chat/completions"
-    assert request.body["model"] == MODEL
-    assert request.messages == MESSAGES
-    assert request.body["tools"] == TOOLS
-    assert request.body["tool_choice"] == "auto"
-    assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    assert reply == LlmReply(
+        content="晴れだにゃん",
+        tool_calls=[],
+        prompt_tokens=123,
+        completion_tokens=45,
+        model="gpt-test-0613",
+        truncated=False,
+    )
+    [sent] = upstream.requests
+    assert sent.path == "/v1/chat/completions"
+    assert sent.body["model"] == MODEL
+    assert sent.messages == WIRE_MESSAGES
+    assert sent.tool_names == ["get_time", "get_weather", "get_fortune", "calculate"]
+    assert sent.body["tool_choice"] == "auto"
+    assert sent.headers["authorization"] == f"Bearer {API_KEY}"
+
+
+async def test_tool_definitions_are_built_from_the_specs(
+    upstream: FakeOpenAI, llm: OpenAIChat
+) -> None:
+    specs = tool_specs()
+
+    await llm.complete(request(tools=[specs["get_weather"], specs["calculate"]]), timeout_seconds=5)
+
+    [sent] = upstream.requests
+    weather, calculate = sent.body["tools"]
+    assert weather["type"] == "function"
+    assert weather["function"]["name"] == "get_weather"
+    assert weather["function"]["description"] == specs["get_weather"].description
+    assert "weather" in weather["function"]["description"]
+    parameters = weather["function"]["parameters"]
+    # The turn fills the language; the LLM is offered only the place, which it may leave out.
+    assert set(parameters["properties"]) == {"place"}
+    assert parameters["properties"]["place"]["type"] == "string"
+    assert parameters["required"] == []
+    assert parameters["additionalProperties"] is False
+    assert calculate["function"]["name"] == "calculate"
+    assert calculate["function"]["parameters"]["required"] == ["expression"]
+
+
+@pytest.mark.parametrize("parameter", ["max_tokens", "max_completion_tokens"])
+async def test_max_tokens_is_in_every_request_under_the_configured_name(
+    upstream: FakeOpenAI, parameter: MaxTokensParameter
+) -> None:
+    chat = OpenAIChat(
+        api_key=API_KEY,
+        base_url=upstream.base_url,
+        model=MODEL,
+        max_tokens_parameter=parameter,
+    )
+    # The retries after server errors are requests too, and each is billed alike.
+    upstream.enqueue(
+        Reply.rate_limited(retry_after=0), Reply(content="にゃん"), Reply(content="にゃん")
+    )
+    try:
+        await chat.complete(request(max_tokens=77), timeout_seconds=10)
+        await chat.complete(request(tools=[], max_tokens=5), timeout_seconds=10)
+    finally:
+        await chat.aclose()
+
+    other = {"max_tokens", "max_completion_tokens"} - {parameter}
+    assert [sent.body.get(parameter) for sent in upstream.requests] == [77, 77, 5]
+    for sent in upstream.requests:
+        assert not other & sent.body.keys()
+
+
+async def test_neutral_messages_go_out_as_chat_completions_messages(
+    upstream: FakeOpenAI, llm: OpenAIChat
+) -> None:
+    weather = ToolCallRequest(id="call_w", name="get_weather", arguments='{"place":"東京"}')
+    clock = ToolCallRequest(id="call_t", name="get_time", arguments="{}")
+    conversation: list[Message] = [
+        *MESSAGES,
+        AssistantMessage("", (weather, clock)),
+        ToolResultMessage("call_w", {"place": "東京", "temperature_c": 21.5}),
+        ToolResultMessage("call_t", {"error": "The clock service is unavailable right now."}),
+        AssistantMessage("晴れだにゃん"),
+        UserMessage("ありがとう"),
+        AssistantMessage("調べるにゃん", (clock,)),
+    ]
+
+    await llm.complete(request(conversation), timeout_seconds=5)
+
+    [sent] = upstream.requests
+    assert sent.messages[:2] == WIRE_MESSAGES
+    assert sent.messages[2] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_w",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"place":"東京"}'},
+            },
+            {
+                "id": "call_t",
+                "type": "function",
+                "function": {"name": "get_time", "arguments": "{}"},
+            },
+        ],
+    }
+    first_result, second_result = sent.messages[3:5]
+    assert first_result["role"] == second_result["role"] == "tool"
+    assert first_result["tool_call_id"] == "call_w"
+    assert json.loads(first_result["content"]) == {"place": "東京", "temperature_c": 21.5}
+    assert "東京" in first_result["content"]  # not \u-escaped: fewer tokens
+    assert second_result["tool_call_id"] == "call_t"
+    assert json.loads(second_result["content"]) == {
+        "error": "The clock service is unavailable right now."
+    }
+    assert sent.messages[5:7] == [
+        {"role": "assistant", "content": "晴れだにゃん"},
+        {"role": "user", "content": "ありがとう"},
+    ]
+    # Text said alongside tool calls is kept.
+    assert sent.messages[7]["content"] == "調べるにゃん"
+    assert [c["id"] for c in sent.messages[7]["tool_calls"]] == ["call_t"]
+
+
+async def test_no_tools_means_no_tool_choice(upstream: FakeOpenAI) -> None:
+    chat = OpenAIChat(api_key=API_KEY, base_url=upstream.base_url, model=MODEL, temperature=0.3)
+    try:
+        await chat.complete(request(tools=[]), timeout_seconds=5)
+    finally:
+        await chat.aclose()
+
+    [sent] = upstream.requests
+    # OpenAI rejects tool_choice without tools.
+    assert "tools" not in sent.body
+    assert "tool_choice" not in sent.body
+    assert sent.body["temperature"] == 0.3
+
+
+async def test_no_temperature_unless_configured(upstream: FakeOpenAI, llm: OpenAIChat) -> None:
+    await llm.complete(request(), timeout_seconds=5)
+
+    # Some models (o-series, gpt-5) refuse any temperature but the default.
+    assert "temperature" not in upstream.requests[0].body
+
+
+# -- the reply ---------------------------------------------------------------------------------
 
 
 async def test_tool_calls_keep_ids_names_and_arguments(
@@ -104,7 +283,7 @@ async def test_tool_calls_keep_ids_names_and_arguments(
         )
     )
 
-    reply = await llm.complete(MESSAGES, TOOLS, timeout_seconds=5)
+    reply = await llm.complete(request(), timeout_seconds=5)
 
     assert reply.content == ""
     assert reply.tool_calls == [
@@ -114,18 +293,69 @@ async def test_tool_calls_keep_ids_names_and_arguments(
     assert json.loads(reply.tool_calls[0].arguments) == {"location": "東京", "days": 2}
 
 
-async def test_no_tools_means_no_tool_choice(upstream: FakeOpenAI) -> None:
-    chat = OpenAIChat(api_key=API_KEY, base_url=upstream.base_url, model=MODEL, temperature=0.3)
-    try:
-        await chat.complete(MESSAGES, [], timeout_seconds=5)
-    finally:
-        await chat.aclose()
+async def test_arguments_sent_as_an_object_become_json_text(
+    upstream: FakeOpenAI, llm: OpenAIChat
+) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": {"place": "大阪"}},
+    }
+    missing = {"id": "call_2", "type": "function", "function": {"name": "get_time"}}
+    upstream.enqueue(
+        Reply(body=body_with(choice_message={"role": "assistant", "tool_calls": [call, missing]}))
+    )
 
-    [request] = upstream.requests
-    # OpenAI rejects tool_choice without tools.
-    assert "tools" not in request.body
-    assert "tool_choice" not in request.body
-    assert request.body["temperature"] == 0.3
+    reply = await llm.complete(request(), timeout_seconds=5)
+
+    assert json.loads(reply.tool_calls[0].arguments) == {"place": "大阪"}
+    assert reply.tool_calls[1].arguments == "{}"
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["call_1", "call_1", "call_1"],
+        [None, None, None],
+        ["", "", "call_0"],
+        ["call_1", None, "call_1_1"],
+        [None, "call_0", "call_0"],
+    ],
+    ids=["duplicates", "missing", "empty-then-taken", "missing-collides", "taken-later"],
+)
+async def test_every_tool_call_of_a_reply_gets_its_own_id(
+    upstream: FakeOpenAI, llm: OpenAIChat, ids: list[str | None]
+) -> None:
+    calls = [
+        {"type": "function", "function": {"name": "get_time", "arguments": f'{{"place":"{n}"}}'}}
+        for n in range(len(ids))
+    ]
+    for call, call_id in zip(calls, ids, strict=True):
+        if call_id is not None:
+            call["id"] = call_id
+    upstream.enqueue(
+        Reply(body=body_with(choice_message={"role": "assistant", "tool_calls": calls})),
+        Reply(content="にゃん"),
+    )
+
+    reply = await llm.complete(request(), timeout_seconds=5)
+
+    got = [call.id for call in reply.tool_calls]
+    assert len(set(got)) == len(ids), got
+    assert all(got)
+    if ids[0]:
+        assert got[0] == ids[0]  # an id is changed only when an earlier call holds it
+    # The next request names each call once, and each result names exactly one call.
+    conversation: list[Message] = [
+        *MESSAGES,
+        AssistantMessage(reply.content, tuple(reply.tool_calls)),
+        *(ToolResultMessage(call.id, {"ok": True}) for call in reply.tool_calls),
+    ]
+    await llm.complete(request(conversation), timeout_seconds=5)
+    sent = upstream.requests[1].messages
+    offered = [call["id"] for call in sent[2]["tool_calls"]]
+    answered = [message["tool_call_id"] for message in sent[3:]]
+    assert sorted(offered) == sorted(answered) == sorted(set(offered))
 
 
 async def test_missing_usage_and_model_fall_back(upstream: FakeOpenAI, llm: OpenAIChat) -> None:
@@ -146,11 +376,64 @@ async def test_missing_usage_and_model_fall_back(upstream: FakeOpenAI, llm: Open
         )
     )
 
-    reply = await llm.complete(MESSAGES, TOOLS, timeout_seconds=5)
+    reply = await llm.complete(request(), timeout_seconds=5)
 
     assert reply.content == "にゃん"
-    assert reply.usage == TokenUsage(0, 0)
+    assert (reply.prompt_tokens, reply.completion_tokens) == (0, 0)
     assert reply.model == MODEL
+
+
+@pytest.mark.parametrize(
+    ("usage", "counted"),
+    [
+        ({"prompt_tokens": -5, "completion_tokens": -1}, (0, 0)),
+        ({"prompt_tokens": True, "completion_tokens": False}, (0, 0)),
+        ({"prompt_tokens": 10**12, "completion_tokens": 10**15}, (_MAX_TOKEN_COUNT,) * 2),
+        ({"prompt_tokens": "123", "completion_tokens": None}, (0, 0)),
+        ({"prompt_tokens": 12.5, "completion_tokens": [3]}, (0, 0)),
+        ({"prompt_tokens": 900, "completion_tokens": 40}, (900, 40)),
+    ],
+    ids=["negative", "bool", "huge", "text-and-null", "float-and-list", "sane"],
+)
+async def test_absurd_usage_numbers_are_capped_or_zeroed(
+    upstream: FakeOpenAI, llm: OpenAIChat, usage: dict[str, Any], counted: tuple[int, int]
+) -> None:
+    upstream.enqueue(Reply(body=body_with(usage=usage)))
+
+    reply = await llm.complete(request(), timeout_seconds=5)
+
+    assert (reply.prompt_tokens, reply.completion_tokens) == counted
+    assert all(type(n) is int for n in (reply.prompt_tokens, reply.completion_tokens))
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [("m" * 10_000, "m" * _MAX_MODEL_CHARS), ("", MODEL), (42, MODEL), (None, MODEL)],
+    ids=["10kB", "empty", "number", "null"],
+)
+async def test_the_model_name_is_bounded_and_falls_back(
+    upstream: FakeOpenAI, llm: OpenAIChat, model: object, expected: str
+) -> None:
+    upstream.enqueue(Reply(body=body_with(model=model)))
+
+    reply = await llm.complete(request(), timeout_seconds=5)
+
+    assert reply.model == expected
+
+
+@pytest.mark.parametrize(
+    ("finish_reason", "truncated"),
+    [("length", True), ("stop", False), ("tool_calls", False), (None, False)],
+)
+async def test_a_reply_stopped_at_max_tokens_is_marked_truncated(
+    upstream: FakeOpenAI, llm: OpenAIChat, finish_reason: str | None, truncated: bool
+) -> None:
+    upstream.enqueue(Reply(body=body_with(choice_finish_reason=finish_reason)))
+
+    reply = await llm.complete(request(), timeout_seconds=5)
+
+    assert reply.truncated is truncated
+    assert reply.content == "にゃん"
 
 
 @pytest.mark.parametrize(
@@ -160,8 +443,26 @@ async def test_missing_usage_and_model_fall_back(upstream: FakeOpenAI, llm: Open
         Reply(body={"error": "nothing here"}),
         Reply(body=b"{not json"),
         Reply(body=b"<html>proxy error</html>", content_type="text/html"),
+        Reply(body=body_with(choice_message={"role": "assistant", "content": ["a", "b"]})),
+        Reply(body=body_with(choice_message={"role": "assistant", "tool_calls": "call"})),
+        Reply(
+            body=body_with(
+                choice_message={
+                    "role": "assistant",
+                    "tool_calls": [{"id": "c", "type": "function", "function": {"name": ""}}],
+                }
+            )
+        ),
     ],
-    ids=["no-choices", "no-choices-key", "broken-json", "html"],
+    ids=[
+        "no-choices",
+        "no-choices-key",
+        "broken-json",
+        "html",
+        "content-not-text",
+        "tool-calls-not-a-list",
+        "nameless-tool-call",
+    ],
 )
 async def test_malformed_response_is_unavailable(
     upstream: FakeOpenAI, llm: OpenAIChat, reply: Reply
@@ -169,29 +470,37 @@ async def test_malformed_response_is_unavailable(
     upstream.enqueue(reply)
 
     with pytest.raises(LlmUnavailable):
-        await llm.complete(MESSAGES, TOOLS, timeout_seconds=5)
+        await llm.complete(request(), timeout_seconds=5)
     assert len(upstream.requests) == 1
 
 
+# -- retries, budgets, rejections --------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("quick_backoff")
 async def test_server_errors_are_retried_until_success(
     upstream: FakeOpenAI, llm: OpenAIChat
 ) -> None:
     upstream.enqueue(Reply.error(500), Reply.error(503), Reply(content="やっと晴れにゃん"))
 
-    reply = await llm.complete(MESSAGES, TOOLS, timeout_seconds=10)
+    reply = await llm.complete(request(), timeout_seconds=10)
 
     assert reply.content == "やっと晴れにゃん"
     assert len(upstream.requests) == 3
+    # A retry sends the same request.
+    assert upstream.requests[0].body == upstream.requests[2].body
 
 
+@pytest.mark.usefixtures("quick_backoff")
 async def test_persistent_server_error_gives_up_after_max_retries(
     upstream: FakeOpenAI, llm: OpenAIChat
 ) -> None:
     upstream.default = Reply.error(500)
 
-    with pytest.raises(LlmUnavailable, match="HTTP 500"):
-        await llm.complete(MESSAGES, TOOLS, timeout_seconds=10)
+    with pytest.raises(LlmUnavailable, match="HTTP 500") as raised:
+        await llm.complete(request(), timeout_seconds=10)
     assert len(upstream.requests) == 3
+    assert not is_request_error(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -208,7 +517,7 @@ async def test_rate_limit_waits_as_told(
 ) -> None:
     upstream.enqueue(rate_limited, Reply(content="お待たせにゃん"))
 
-    reply = await llm.complete(MESSAGES, TOOLS, timeout_seconds=10)
+    reply = await llm.complete(request(), timeout_seconds=10)
 
     assert reply.content == "お待たせにゃん"
     first, second = upstream.requests
@@ -222,7 +531,7 @@ async def test_retry_after_beyond_budget_gives_up_at_once(
 
     started = time.monotonic()
     with pytest.raises(LlmUnavailable, match="429"):
-        await llm.complete(MESSAGES, TOOLS, timeout_seconds=5)
+        await llm.complete(request(), timeout_seconds=5)
 
     assert time.monotonic() - started < 1.0
     assert len(upstream.requests) == 1
@@ -233,7 +542,7 @@ async def test_hung_upstream_times_out_within_budget(upstream: FakeOpenAI, llm: 
 
     started = time.monotonic()
     with pytest.raises(LlmTimeout):
-        await llm.complete(MESSAGES, TOOLS, timeout_seconds=1.0)
+        await llm.complete(request(), timeout_seconds=1.0)
 
     elapsed = time.monotonic() - started
     assert 0.9 <= elapsed < 2.5
@@ -244,34 +553,58 @@ async def test_stuck_attempt_leaves_budget_for_a_retry(
 ) -> None:
     upstream.enqueue(Reply.hang(30), Reply(content="二度目で通ったにゃん"))
 
-    reply = await llm.complete(MESSAGES, TOOLS, timeout_seconds=2.0)
+    reply = await llm.complete(request(), timeout_seconds=2.0)
 
     assert reply.content == "二度目で通ったにゃん"
     assert len(upstream.requests) == 2
 
 
-@pytest.mark.parametrize("status", [400, 401, 404])
-async def test_client_errors_are_not_retried(
-    upstream: FakeOpenAI, llm: OpenAIChat, status: int
+@pytest.mark.parametrize(
+    ("status", "request_error"),
+    [(400, True), (413, True), (422, True), (401, False), (403, False), (404, False)],
+)
+async def test_client_errors_are_rejections_not_retried(
+    upstream: FakeOpenAI, llm: OpenAIChat, status: int, request_error: bool
 ) -> None:
     upstream.default = Reply.error(status)
 
-    with pytest.raises(LlmError, match=str(status)) as raised:
-        await llm.complete(MESSAGES, TOOLS, timeout_seconds=5)
+    with pytest.raises(LlmRejected, match=str(status)) as raised:
+        await llm.complete(request(), timeout_seconds=5)
 
+    assert isinstance(raised.value, LlmError)
     assert not isinstance(raised.value, LlmUnavailable | LlmTimeout)
+    assert raised.value.status == status
+    # A malformed or oversized request is our fault; a refused key or a missing model is the
+    # provider's setup failing, which its breaker should count.
+    assert is_request_error(raised.value) is request_error
     assert len(upstream.requests) == 1
 
 
+def test_only_a_rejected_request_is_a_request_error() -> None:
+    assert is_request_error(LlmRejected(400))
+    assert not is_request_error(LlmUnavailable("HTTP 400 somewhere in the text"))
+    assert not is_request_error(LlmTimeout("gone"))
+    assert not is_request_error(ValueError("400"))
+
+
+@pytest.mark.usefixtures("quick_backoff")
 async def test_unreachable_endpoint_is_unavailable() -> None:
     chat = OpenAIChat(
         api_key=API_KEY, base_url=f"http://127.0.0.1:{free_port()}/v1", model=MODEL, max_retries=1
     )
     try:
         with pytest.raises(LlmUnavailable, match="connection"):
-            await chat.complete(MESSAGES, TOOLS, timeout_seconds=5)
+            await chat.complete(request(), timeout_seconds=5)
     finally:
         await chat.aclose()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"api_key": ""}, {"api_key": API_KEY, "max_retries": -1}], ids=["no-key", "retries"]
+)
+def test_a_config_that_cannot_work_is_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"api_key|max_retries"):
+        OpenAIChat(base_url="http://127.0.0.1:1/v1", model=MODEL, **kwargs)
 
 
 async def test_one_client_and_one_connection_serve_many_calls(
@@ -280,10 +613,10 @@ async def test_one_client_and_one_connection_serve_many_calls(
     client = llm.client
 
     for _ in range(3):
-        await llm.complete(MESSAGES, TOOLS, timeout_seconds=5)
+        await llm.complete(request(), timeout_seconds=5)
 
     assert llm.client is client
-    assert len({request.client_port for request in upstream.requests}) == 1
+    assert len({sent.client_port for sent in upstream.requests}) == 1
 
 
 async def test_injected_http_client_is_used_and_left_open(upstream: FakeOpenAI) -> None:
@@ -293,7 +626,7 @@ async def test_injected_http_client_is_used_and_left_open(upstream: FakeOpenAI) 
         chat = OpenAIChat(
             api_key=API_KEY, base_url=upstream.base_url, model=MODEL, http_client=http
         )
-        await chat.complete(MESSAGES, TOOLS, timeout_seconds=5)
+        await chat.complete(request(), timeout_seconds=5)
         await chat.aclose()
 
         assert not http.is_closed
@@ -306,6 +639,8 @@ async def test_injected_http_client_is_used_and_left_open(upstream: FakeOpenAI) 
         ({"retry-after": "2"}, 2.0),
         ({"retry-after": "0.25"}, 0.25),
         ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+        ({"retry-after": "-3"}, 0.0),
+        ({"retry-after": "inf"}, float("inf")),
         ({"retry-after": "soon"}, None),
         ({}, None),
     ],
@@ -318,6 +653,61 @@ def test_retry_after_http_date() -> None:
     seconds = _retry_after_seconds({"retry-after": formatdate(time.time() + 60, usegmt=True)})
     assert seconds is not None
     assert 58 <= seconds <= 61
+
+
+# -- the prompt estimate -----------------------------------------------------------------------
+
+TEXTS = {
+    "ja": "東京の今日の天気と、明日の運勢を教えてください。" * 20,
+    "en": "What's the weather like in Tokyo today, and what about my fortune? " * 20,
+    "ko": "오늘 서울 날씨는 어때요? 그리고 내 운세도 알려 줘요. " * 20,
+}
+
+
+@pytest.mark.parametrize("lang", list(TEXTS))
+def test_prompt_estimate_is_at_least_half_the_characters(lang: str) -> None:
+    text = TEXTS[lang]
+
+    estimate = estimate_prompt_tokens(request([UserMessage(text)], tools=[]))
+
+    assert estimate >= len(text) / 2
+
+
+def test_prompt_estimate_grows_with_messages_and_tools() -> None:
+    call = ToolCallRequest(id="call_1", name="get_weather", arguments='{"place":"東京"}')
+    conversations: list[list[Message]] = [
+        [SystemMessage(SYSTEM)],
+        [SystemMessage(SYSTEM), UserMessage(QUESTION)],
+        [SystemMessage(SYSTEM), UserMessage(QUESTION), AssistantMessage("", (call,))],
+        [
+            SystemMessage(SYSTEM),
+            UserMessage(QUESTION),
+            AssistantMessage("", (call,)),
+            ToolResultMessage("call_1", {"description": "晴れ" * 100}),
+        ],
+    ]
+    estimates = [estimate_prompt_tokens(request(c, tools=[])) for c in conversations]
+    assert estimates == sorted(set(estimates))  # strictly growing
+    # A long tool result counts at its length.
+    assert estimates[3] - estimates[2] >= 100
+
+    one_tool = estimate_prompt_tokens(request(conversations[1], tools=TOOLS[:1]))
+    all_tools = estimate_prompt_tokens(request(conversations[1], tools=TOOLS))
+    assert estimates[1] < one_tool < all_tools
+    # Each tool's schema (its description alone is a sentence or more) is counted.
+    described = sum(len(spec.description) for spec in TOOLS)
+    assert all_tools - estimates[1] >= described / 2
+
+
+def test_prompt_estimate_is_cheap() -> None:
+    conversation = [SystemMessage(SYSTEM), *(UserMessage(TEXTS["ja"]) for _ in range(40))]
+    started = time.perf_counter()
+    for _ in range(100):
+        estimate_prompt_tokens(request(conversation))
+    assert (time.perf_counter() - started) / 100 < 0.005
+
+
+# -- the fake itself ---------------------------------------------------------------------------
 
 
 async def test_fake_streams_text_tool_calls_and_usage(upstream: FakeOpenAI) -> None:
