@@ -320,8 +320,16 @@ async def test_arguments_sent_as_an_object_become_json_text(
         ["", "", "call_0"],
         ["call_1", None, "call_1_1"],
         [None, "call_0", "call_0"],
+        ["x" * 5000, "x" * 5000, None],
     ],
-    ids=["duplicates", "missing", "empty-then-taken", "missing-collides", "taken-later"],
+    ids=[
+        "duplicates",
+        "missing",
+        "empty-then-taken",
+        "missing-collides",
+        "taken-later",
+        "huge",
+    ],
 )
 async def test_every_tool_call_of_a_reply_gets_its_own_id(
     upstream: FakeOpenAI, llm: OpenAIChat, ids: list[str | None]
@@ -343,7 +351,8 @@ async def test_every_tool_call_of_a_reply_gets_its_own_id(
     got = [call.id for call in reply.tool_calls]
     assert len(set(got)) == len(ids), got
     assert all(got)
-    if ids[0]:
+    assert all(len(call_id) <= 64 for call_id in got)
+    if ids[0] and len(ids[0]) <= 64:
         assert got[0] == ids[0]  # an id is changed only when an earlier call holds it
     # The next request names each call once, and each result names exactly one call.
     conversation: list[Message] = [

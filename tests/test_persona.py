@@ -612,6 +612,12 @@ def test_a_reply_sharing_names_or_short_phrases_is_not_an_echo(reply: str) -> No
         assert not reproduces_prompt(reply, prompt)
 
 
+def test_a_phrase_of_the_prompt_repeated_is_given_away_once() -> None:
+    phrase = PROMPTS["en"][:30]  # one quoted phrase: less than an echo needs
+    assert not reproduces_prompt(phrase, PROMPTS["en"])
+    assert not reproduces_prompt(f"{phrase}! " * 20, PROMPTS["en"])
+
+
 def test_echo_detection_is_fast_on_a_huge_reply() -> None:
     replies = [
         "東京は晴れだにゃん。" * 10_000,  # 100 kB of text that is no echo

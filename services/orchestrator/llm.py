@@ -263,14 +263,15 @@ def _result_json(result: Mapping[str, Any]) -> str:
     return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
 
 
-_DEFINITIONS: dict[str, dict[str, Any]] = {}
+# Built once per spec object (the specs live for the process): its "tools" entry and that
+# entry's JSON, whose length the prompt estimate counts.
+_DEFINITIONS: dict[int, tuple[ToolSpec, dict[str, Any], str]] = {}
 
 
-def _tool_definition(spec: ToolSpec) -> dict[str, Any]:
-    """The Chat Completions "tools" entry of a spec, built once per tool."""
-    definition = _DEFINITIONS.get(spec.name)
-    if definition is None:
-        definition = _DEFINITIONS[spec.name] = {
+def _definition(spec: ToolSpec) -> tuple[dict[str, Any], str]:
+    cached = _DEFINITIONS.get(id(spec))
+    if cached is None or cached[0] is not spec:
+        definition = {
             "type": "function",
             "function": {
                 "name": spec.name,
@@ -278,17 +279,17 @@ def _tool_definition(spec: ToolSpec) -> dict[str, Any]:
                 "parameters": spec.parameters,
             },
         }
-    return definition
+        cached = _DEFINITIONS[id(spec)] = (spec, definition, json.dumps(definition))
+    return cached[1], cached[2]
 
 
-_TOOL_JSON: dict[str, str] = {}
+def _tool_definition(spec: ToolSpec) -> dict[str, Any]:
+    """The Chat Completions "tools" entry of a spec."""
+    return _definition(spec)[0]
 
 
 def _tool_json(spec: ToolSpec) -> str:
-    text = _TOOL_JSON.get(spec.name)
-    if text is None:
-        text = _TOOL_JSON[spec.name] = json.dumps(_tool_definition(spec), ensure_ascii=True)
-    return text
+    return _definition(spec)[1]
 
 
 def _wire_message(message: Message) -> dict[str, Any]:
@@ -394,7 +395,7 @@ def _tool_call(call: object, index: int, taken: set[str]) -> ToolCallRequest | N
     function = getattr(call, "function", None)
     if function is None:
         # Custom (free-text) tools are never offered, so their calls cannot be ours.
-        logger.warning("ignoring an LLM tool call of type %s", getattr(call, "type", "?"))
+        logger.info("ignoring an LLM tool call that names no function")
         return None
     name = getattr(function, "name", None)
     if not isinstance(name, str) or not name:
@@ -406,7 +407,12 @@ def _tool_call(call: object, index: int, taken: set[str]) -> ToolCallRequest | N
         # Some OpenAI-compatible servers send the arguments as an object, not as JSON text.
         arguments = json.dumps(arguments, ensure_ascii=False)
     call_id = getattr(call, "id", None)
-    if not isinstance(call_id, str) or not call_id or call_id in taken:
+    if (
+        not isinstance(call_id, str)
+        or not call_id
+        or len(call_id) > _MAX_CALL_ID_CHARS
+        or call_id in taken
+    ):
         # The tool result must name its call: some servers omit ids, and two results naming
         # one id make the next request invalid.
         call_id = _fresh_id(index, taken)
@@ -424,6 +430,8 @@ def _fresh_id(index: int, taken: set[str]) -> str:
 
 
 _MAX_MODEL_CHARS: Final = 100
+# Ids go into the next request and the logs; providers use a few dozen characters.
+_MAX_CALL_ID_CHARS: Final = 64
 # A count beyond this is nonsense (no context window is this large); it is capped, not trusted.
 _MAX_TOKEN_COUNT: Final = 10_000_000
 

@@ -269,14 +269,20 @@ def reproduces_prompt(reply: str, prompt: str) -> bool:
     secret = _normalized(prompt)
     if len(said) < _ECHO_RUN or len(secret) < _ECHO_RUN:
         return False
-    pieces = {secret[i : i + _ECHO_RUN] for i in range(len(secret) - _ECHO_RUN + 1)}
+    # Where each run of the prompt starts; what counts is how much of the prompt the reply
+    # gives away, so a phrase repeated in the reply counts once.
+    starts: dict[str, list[int]] = {}
+    for i in range(len(secret) - _ECHO_RUN + 1):
+        starts.setdefault(secret[i : i + _ECHO_RUN], []).append(i)
     needed = min(_ECHO_MIN_CHARS, max(_ECHO_RUN, int(len(secret) * _ECHO_MIN_SHARE)))
+    given_away = bytearray(len(secret))
     covered = 0
-    end = 0  # reply characters up to here are already counted
     for i in range(len(said) - _ECHO_RUN + 1):
-        if said[i : i + _ECHO_RUN] in pieces:
-            covered += i + _ECHO_RUN - max(i, end)
-            end = i + _ECHO_RUN
+        for start in starts.get(said[i : i + _ECHO_RUN], ()):
+            for j in range(start, start + _ECHO_RUN):
+                if not given_away[j]:
+                    given_away[j] = 1
+                    covered += 1
             if covered >= needed:
                 return True
     return False

@@ -138,7 +138,8 @@ class ToolSpec:
             if not isinstance(value, _PYTHON_TYPES[kind]) or (
                 kind != "boolean" and isinstance(value, bool)
             ):
-                raise ToolArgumentError(f"{self.name}: the argument {key} must be a {kind}")
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise ToolArgumentError(f"{self.name}: the argument {key} must be {article} {kind}")
             try:
                 setattr(request, key, value)
             except (TypeError, ValueError):
