@@ -682,3 +682,11 @@ async def test_releasing_the_lock_on_a_lost_redis_does_not_mask_the_turn(
                 pass
     finally:
         await client.aclose()
+
+
+async def test_a_damaged_history_item_is_left_out_not_fatal(redis_harness: Harness) -> None:
+    store = redis_harness.make()
+    await commit(store, "alice", turn("before"))
+    await redis_harness.raw.rpush(keys.user_key("alice", "history"), b"{not json", b'{"user": 1}')
+    await commit(store, "alice", turn("after"))
+    assert [t.user for t in (await store.load("alice")).history] == ["before", "after"]

@@ -48,14 +48,17 @@ def encode_turn(turn: HistoryTurn) -> bytes:
 
 
 def decode_turn(raw: bytes) -> HistoryTurn:
-    data = json.loads(raw)
-    return HistoryTurn(
-        user=str(data["user"]),
-        assistant=str(data["assistant"]),
-        language=str(data["language"]),
-        at=float(data["at"]),
-        request_id=str(data.get("request_id", "")),
-    )
+    try:
+        data = json.loads(raw)
+        return HistoryTurn(
+            user=str(data["user"]),
+            assistant=str(data["assistant"]),
+            language=str(data["language"]),
+            at=float(data["at"]),
+            request_id=str(data.get("request_id", "")),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError("a stored turn has an unexpected shape") from exc
 
 
 # -- answers ---------------------------------------------------------------------------------

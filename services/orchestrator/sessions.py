@@ -492,10 +492,7 @@ class RedisSessionStore:
             pipe.pexpire(history, self._ttl_ms)
             pipe.pexpire(prefs, self._ttl_ms)
             raw, (timezone, place), _, _ = await pipe.execute()
-        return Session(
-            [decode_turn(item) for item in raw],
-            Preferences(timezone=_text(timezone), place=_text(place)),
-        )
+        return Session(_decoded(raw), Preferences(timezone=_text(timezone), place=_text(place)))
 
     async def cached_answer(self, user_id: str, request_id: str) -> bytes | None:
         if not request_id:
@@ -580,6 +577,18 @@ class RedisSessionStore:
 
     async def aclose(self) -> None:
         return None
+
+
+def _decoded(items: list[bytes]) -> list[HistoryTurn]:
+    """The history's turns; one that cannot be read (written by a bug, or by hand) is left out
+    rather than making every turn of the user fail until the history expires."""
+    turns: list[HistoryTurn] = []
+    for item in items:
+        try:
+            turns.append(decode_turn(item))
+        except ValueError:
+            logger.warning("a stored turn could not be read; it is left out")
+    return turns
 
 
 def _text(value: object) -> str:

@@ -459,13 +459,16 @@ if amount > 0 then
   local hold_ttl = tonumber(ARGV[4])
   redis.call('HINCRBY', KEYS[1], 'held_nanousd', ARGV[2])
   redis.call('ZADD', KEYS[2], string.format('%d', now + hold_ttl), ARGV[3] .. ':' .. ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) then
-    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  -- The holds live as long as the hash that counts them: a hold that lapses is still in the
+  -- set, so the next reservation finds it expired and gives its amount back.
+  for k = 1, 2 do
+    if redis.call('PTTL', KEYS[k]) < tonumber(ARGV[5]) then
+      redis.call('PEXPIRE', KEYS[k], ARGV[5])
+    end
   end
   if #KEYS == 3 then
     redis.call('ZADD', KEYS[3], string.format('%d', now + tonumber(ARGV[5]) + 1), KEYS[1],
-      string.format('%d', now + hold_ttl + 1), KEYS[2])
+      string.format('%d', now + tonumber(ARGV[5]) + 1), KEYS[2])
     if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[5]) then
       redis.call('PEXPIRE', KEYS[3], ARGV[5])
     end
@@ -474,41 +477,48 @@ end
 return 1
 """
 
-# KEYS: day hash, month hash, holds[, the user's fence (its "erasures" field is the user's
-# epoch), the user's key index]. ARGV: day TTL ms, month TTL ms, hold member ("" = none), which
-# hash the hold is on (1 day, 2 month), expected epoch ("" = do not check), then the increments
-# in `_FIELDS` order. The hold goes first; then, unless the user was erased since (the epoch
-# moved), the increments are counted.
-# The index scores each key by when it expires, by the server's clock after the PEXPIREs, and
-# drops entries whose key has expired by that same clock.
+# KEYS: day hash, month hash, holds, the call's settled-marker[, the user's fence (its
+# "erasures" field is the user's epoch), the user's key index]. ARGV: day TTL ms, month TTL ms,
+# hold member ("" = none), which hash the hold is on (1 day, 2 month), expected epoch ("" = do
+# not check), marker TTL ms ("0" = no marker), then the increments in `_FIELDS` order. The hold
+# goes first; then, unless the user was erased since (the epoch moved), the increments are
+# counted, once: a settle sent again (its first reply timed out, but Redis ran it) finds its
+# marker and counts nothing. The index scores each key by when it expires, by the server's
+# clock after the PEXPIREs, and drops entries whose key has expired by that same clock.
 _RECORD_LUA = """
 local fields = {'turns', 'prompt_tokens', 'completion_tokens', 'tts_characters', 'cost_nanousd'}
 if ARGV[3] ~= '' and redis.call('ZREM', KEYS[3], ARGV[3]) == 1 then
   local amount = string.match(ARGV[3], ':(%d+)$')
   redis.call('HINCRBY', KEYS[tonumber(ARGV[4])], 'held_nanousd', '-' .. amount)
 end
-if #KEYS >= 4 and ARGV[5] ~= '' and
-    (redis.call('HGET', KEYS[4], 'erasures') or '0') ~= ARGV[5] then
+if #KEYS >= 5 and ARGV[5] ~= '' and
+    (redis.call('HGET', KEYS[5], 'erasures') or '0') ~= ARGV[5] then
   return 0
 end
 local any = false
-for i = 1, 5 do if ARGV[5 + i] ~= '0' then any = true end end
+for i = 1, 5 do if ARGV[6 + i] ~= '0' then any = true end end
 if not any then return 1 end
+if ARGV[6] ~= '0' and not redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[6]) then
+  return 1
+end
 local ttls = {tonumber(ARGV[1]), tonumber(ARGV[2])}
 for k = 1, 2 do
   for i = 1, 5 do
-    if ARGV[5 + i] ~= '0' then redis.call('HINCRBY', KEYS[k], fields[i], ARGV[5 + i]) end
+    if ARGV[6 + i] ~= '0' then redis.call('HINCRBY', KEYS[k], fields[i], ARGV[6 + i]) end
   end
   redis.call('PEXPIRE', KEYS[k], ARGV[k])
 end
-if #KEYS == 5 then
+if #KEYS == 6 then
   local t = redis.call('TIME')
   local floor_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZADD', KEYS[5],
+  redis.call('ZADD', KEYS[6],
     string.format('%d', floor_ms + 1 + ttls[1]), KEYS[1],
     string.format('%d', floor_ms + 1 + ttls[2]), KEYS[2])
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. string.format('%d', floor_ms))
-  redis.call('PEXPIRE', KEYS[5], string.format('%d', math.max(ttls[1], ttls[2])))
+  if ARGV[6] ~= '0' then
+    redis.call('ZADD', KEYS[6], string.format('%d', floor_ms + 1 + tonumber(ARGV[6])), KEYS[4])
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. string.format('%d', floor_ms))
+  redis.call('PEXPIRE', KEYS[6], string.format('%d', math.max(ttls[1], ttls[2])))
 end
 return 1
 """
@@ -516,6 +526,9 @@ return 1
 _ERASE_ATTEMPTS: Final = 10
 
 _ScriptCall = tuple[AsyncScript, list[str], list[str | int]]
+# A settled call's marker outlives every retry of its settle (the bookkeeper gives up after an
+# hour); it holds "1" and nothing of the user.
+_SETTLED_TTL_MS: Final = 2 * 3600 * 1000
 
 
 def _global_key(concern: str) -> str:
@@ -528,12 +541,17 @@ class _ScopeKeys:
     day: str
     month: str
     holds: str
+    settled_prefix: str
     daily: bool  # the budget is the day's (else the month's)
     epoch: str = ""  # the user's only
     index: str = ""  # the user's only
 
     def budget_hash(self) -> str:
         return self.day if self.daily else self.month
+
+    def settled(self, hold_id: str) -> str:
+        """The marker of one settled call, in this scope's slot."""
+        return self.settled_prefix + hold_id
 
 
 class RedisLedger:
@@ -575,6 +593,7 @@ class RedisLedger:
                 user_key(user, f"usage:day:{day}"),
                 user_key(user, f"usage:month:{month}"),
                 user_key(user, f"usage:holds:{day}"),
+                user_key(user, "usage:settled:"),
                 daily=True,
                 epoch=user_key(user, "fence"),
                 index=user_key(user, "usage:keys"),
@@ -583,12 +602,14 @@ class RedisLedger:
                 caller_key(caller, f"usage:day:{day}"),
                 caller_key(caller, f"usage:month:{month}"),
                 caller_key(caller, f"usage:holds:{day}"),
+                caller_key(caller, "usage:settled:"),
                 daily=True,
             ),
             _ScopeKeys(
                 _global_key(f"day:{day}"),
                 _global_key(f"month:{month}"),
                 _global_key(f"holds:{month}"),
+                _global_key("settled:"),
                 daily=False,
             ),
         )
@@ -643,15 +664,26 @@ class RedisLedger:
         self, reservation: Reservation | None, account: Account, day: str, month: str, incr: Counts
     ) -> None:
         calls: list[_ScriptCall] = []
+        # Only a settle of a reservation needs the marker that makes it count once.
+        marked = reservation is not None and incr != _ZERO
+        hold_id = reservation.hold_id if reservation is not None else ""
         for keys in self._keys(account, day, month):
-            script_keys = [keys.day, keys.month, keys.holds]
+            marker = keys.settled(hold_id) if marked else keys.day
+            script_keys = [keys.day, keys.month, keys.holds, marker]
             epoch = ""
             if keys.epoch:
                 script_keys += [keys.epoch, keys.index]
                 if reservation is not None:
                     epoch = str(reservation.user_epoch)
             member = reservation.member if reservation is not None else ""
-            args: list[str | int] = [*self._ttls_ms, member, 1 if keys.daily else 2, epoch, *incr]
+            args: list[str | int] = [
+                *self._ttls_ms,
+                member,
+                1 if keys.daily else 2,
+                epoch,
+                _SETTLED_TTL_MS if marked else 0,
+                *incr,
+            ]
             calls.append((self._record, script_keys, args))
         await self._scripts(calls)
 
@@ -701,7 +733,10 @@ class RedisLedger:
                         for key in (m if isinstance(m, bytes) else str(m).encode() for m in members)
                         if key.startswith(own_prefix)
                     ]
-                    counters = [key for key in keys if b":holds:" not in key]
+                    # Records are the counters; holds and settled-markers are bookkeeping.
+                    counters = [
+                        key for key in keys if b":holds:" not in key and b":settled:" not in key
+                    ]
                     if counters:
                         existing = await pipe.exists(*counters)
                     else:
