@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import grpc
@@ -83,28 +84,73 @@ class Suite:
         )
 
 
+@contextmanager
+def running(*, llm: bool, env: dict[str, str]) -> Iterator[Suite]:
+    """An orchestrator process and its doubles (and a fake LLM), stopped afterwards."""
+    with ExitStack() as stack:
+        fake = stack.enter_context(fake_openai()) if llm else None
+        tools, emotion = stack.enter_context(tools_double()), stack.enter_context(emotion_double())
+        suite = Suite(fake, tools, emotion, env)
+        stack.callback(suite.process.__exit__, None, None, None)
+        yield suite.start()
+
+
 @pytest.fixture
 def suite_factory() -> Iterator[Any]:
-    started: list[Suite] = []
-    contexts: list[Any] = []
+    """Suites of a test's own, for tests that need settings or a process of their own."""
+    with ExitStack() as stack:
 
-    def make(*, llm: bool = True, env: dict[str, str] | None = None) -> Suite:
-        fake = None
-        if llm:
-            llm_context = fake_openai()
-            fake = llm_context.__enter__()
-            contexts.append(llm_context)
-        tools_context, emotion_context = tools_double(), emotion_double()
-        contexts.extend([tools_context, emotion_context])
-        suite = Suite(fake, tools_context.__enter__(), emotion_context.__enter__(), env or {})
-        started.append(suite)
-        return suite.start()
+        def make(*, llm: bool = True, env: dict[str, str] | None = None) -> Suite:
+            return stack.enter_context(running(llm=llm, env=env or {}))
 
-    yield make
-    for suite in started:
-        suite.process.__exit__(None, None, None)
-    for context in reversed(contexts):
-        context.__exit__(None, None, None)
+        yield make
+
+
+# Processes shared by the tests of this module that need no settings of their own (starting one
+# costs seconds); each test gets the doubles and the fake LLM as new, and its own user ids.
+
+
+@pytest.fixture(scope="module")
+def _planner_process() -> Iterator[Suite]:
+    env = {"USER_RATE_PER_MINUTE": "6", "USER_BURST": "2", "DEFAULT_TIMEZONE": "UTC"}
+    with running(llm=False, env=env) as suite:
+        yield suite
+
+
+@pytest.fixture
+def planner(_planner_process: Suite) -> Suite:
+    """The local planner (no LLM); users may have two turns at once, then one each 10 s."""
+    _planner_process.tools.reset()
+    _planner_process.emotion.reset()
+    return _planner_process
+
+
+@pytest.fixture(scope="module")
+def _llm_process() -> Iterator[Suite]:
+    with running(llm=True, env={}) as suite:
+        yield suite
+
+
+@pytest.fixture
+def with_llm(_llm_process: Suite) -> Suite:
+    """The real openai client against the fake LLM."""
+    assert _llm_process.llm is not None
+    _llm_process.llm.reset()
+    _llm_process.tools.reset()
+    _llm_process.emotion.reset()
+    return _llm_process
+
+
+def metric_lines(suite: Suite) -> dict[str, float]:
+    url = f"http://127.0.0.1:{suite.process.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        page = response.read().decode()
+    values: dict[str, float] = {}
+    for line in page.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            values[series] = float(value)
+    return values
 
 
 def code_of(call: Any) -> tuple[grpc.StatusCode, str, Any]:
@@ -117,9 +163,9 @@ def code_of(call: Any) -> tuple[grpc.StatusCode, str, Any]:
 
 
 def test_local_planner_answers_three_intents_with_three_concurrent_tool_calls(
-    suite_factory: Any,
+    planner: Suite,
 ) -> None:
-    suite = suite_factory(llm=False, env={"DEFAULT_TIMEZONE": "UTC"})
+    suite = planner
     reply = suite.chat("u-planner", "今何時で、天気はどうで、ついでに運勢も教えて")
     assert [c.name for c in reply.tool_calls] == ["get_time", "get_weather", "get_fortune"]
     assert all(c.status == chat_pb2.TOOL_CALL_STATUS_OK for c in reply.tool_calls)
@@ -138,9 +184,9 @@ def test_local_planner_answers_three_intents_with_three_concurrent_tool_calls(
 
 
 def test_tools_of_one_llm_response_run_concurrently_and_every_call_is_bounded(
-    suite_factory: Any,
+    with_llm: Suite,
 ) -> None:
-    suite = suite_factory(env={"MAX_REPLY_CHARS": "300"})
+    suite = with_llm
     suite.tools.delays = {"GetTime": 0.4, "GetWeather": 1.2, "Calculate": 0.3}
     suite.llm.enqueue(
         tools(
@@ -158,15 +204,15 @@ def test_tools_of_one_llm_response_run_concurrently_and_every_call_is_bounded(
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (150, 30)
     assert reply.usage.cost_usd == pytest.approx((150 * 1.0 + 30 * 2.0) / 1e6)
     bodies = [request.body for request in suite.llm.requests]
-    assert [body["max_tokens"] for body in bodies] == [600, 600]
+    assert [body["max_tokens"] for body in bodies] == [800, 800]  # 2 × MAX_REPLY_CHARS
     assert len(bodies[0]["tools"]) == 4
     assert "tools" in bodies[1]
 
 
 def test_a_cancelled_turn_cancels_its_tool_calls_and_its_cost_is_counted(
-    suite_factory: Any,
+    with_llm: Suite,
 ) -> None:
-    suite = suite_factory()
+    suite = with_llm
     suite.tools.delays = {"Calculate": 30}
     expensive = tools(tool_call("calculate", {"expression": "6*7"}, "c1"))
     expensive.prompt_tokens, expensive.completion_tokens = 200_000, 400_000
@@ -233,8 +279,8 @@ def test_an_erase_during_a_slow_turn_aborts_it_and_leaves_nothing_with_redis(
 # -- statuses and metadata on the wire ---------------------------------------------------------
 
 
-def test_rate_limit_refuses_with_the_retry_delay(suite_factory: Any) -> None:
-    suite = suite_factory(llm=False, env={"USER_RATE_PER_MINUTE": "6", "USER_BURST": "2"})
+def test_rate_limit_refuses_with_the_retry_delay(planner: Suite) -> None:
+    suite = planner
     suite.chat("u-rate", "hello")
     suite.chat("u-rate", "hello", request_id="once")
     code, details, error = code_of(lambda: suite.chat("u-rate", "hello"))
@@ -251,8 +297,8 @@ def test_rate_limit_refuses_with_the_retry_delay(suite_factory: Any) -> None:
     assert suite.usage("u-rate").user_today.turns == 2
 
 
-def test_authentication_with_named_tokens(suite_factory: Any) -> None:
-    suite = suite_factory(llm=False)
+def test_authentication_with_named_tokens(planner: Suite) -> None:
+    suite = planner
     request = chat_pb2.ChatRequest(user_id="u-auth", message="hello")
     for metadata in [(), (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)]:
         code, _, _ = code_of(lambda m=metadata: suite.stub.Chat(request, metadata=m, timeout=5))
@@ -262,10 +308,8 @@ def test_authentication_with_named_tokens(suite_factory: Any) -> None:
 
 
 @pytest.mark.parametrize("method", ["Chat", "StreamChat"])
-def test_undecodable_and_invalid_requests_are_invalid_argument(
-    suite_factory: Any, method: str
-) -> None:
-    suite = suite_factory(llm=False)
+def test_undecodable_and_invalid_requests_are_invalid_argument(planner: Suite, method: str) -> None:
+    suite = planner
     assert suite.process.channel is not None
     make = (
         suite.process.channel.unary_unary
@@ -283,18 +327,19 @@ def test_undecodable_and_invalid_requests_are_invalid_argument(
     code, details, _ = code_of(lambda: call(b"\x0a\x01u\x12\x02\xc3\x28"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "UTF-8" in details
-    invisible = chat_pb2.ChatRequest(user_id="u", message="\u200b" * 5).SerializeToString()
+    user = f"u-invisible-{method}"
+    invisible = chat_pb2.ChatRequest(user_id=user, message="\u200b" * 5).SerializeToString()
     code, details, _ = code_of(lambda: call(invisible))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details == "message: has no visible text"
-    assert suite.usage("u").global_today.turns == 0
+    assert suite.usage(user).user_today.turns == 0
 
 
 # -- streaming, metrics, the CLI ---------------------------------------------------------------
 
 
-def test_stream_chat_emits_tool_events_text_and_a_final_summary(suite_factory: Any) -> None:
-    suite = suite_factory(llm=False)
+def test_stream_chat_emits_tool_events_text_and_a_final_summary(planner: Suite) -> None:
+    suite = planner
     request = chat_pb2.StreamChatRequest(user_id="u-stream", message="今何時？それと運勢！")
     events = list(suite.stub.StreamChat(request, metadata=AUTH, timeout=10))
     kinds = [e.WhichOneof("event") for e in events]
@@ -308,9 +353,10 @@ def test_stream_chat_emits_tool_events_text_and_a_final_summary(suite_factory: A
 
 
 def test_metrics_show_turns_tools_tokens_breakers_and_the_persona_guard(
-    suite_factory: Any,
+    with_llm: Suite,
 ) -> None:
-    suite = suite_factory()
+    suite = with_llm
+    assert suite.llm is not None
     suite.llm.enqueue(
         tools(
             tool_call("calculate", {"expression": "6*7"}, "c1"),
@@ -318,25 +364,24 @@ def test_metrics_show_turns_tools_tokens_breakers_and_the_persona_guard(
         ),
         text("答えは42だにゃん"),
     )
+    before = metric_lines(suite)
     suite.chat("u-metrics", "6*7は？")
-    url = f"http://127.0.0.1:{suite.process.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        page = response.read().decode()
-    for line in (
-        'chatagent_turns_total{outcome="ok"} 1.0',
-        'chatagent_tool_calls_total{status="ok",tool="calculate"} 1.0',
-        'chatagent_tool_calls_total{status="rejected",tool="unknown"} 1.0',
-        'chatagent_llm_tokens_total{kind="prompt",model="fake-model"} 150.0',
-        'chatagent_breaker_state{dependency="tools"} 0.0',
-        'chatagent_persona_guard_total{outcome="ok"} 1.0',
-        'chatagent_tool_call_seconds_count{tool="calculate"} 1.0',
+    after = metric_lines(suite)
+    for series, grown in (
+        ('chatagent_turns_total{outcome="ok"}', 1),
+        ('chatagent_tool_calls_total{status="ok",tool="calculate"}', 1),
+        ('chatagent_tool_calls_total{status="rejected",tool="unknown"}', 1),
+        ('chatagent_llm_tokens_total{kind="prompt",model="fake-model"}', 150),
+        ('chatagent_persona_guard_total{outcome="ok"}', 1),
+        ('chatagent_tool_call_seconds_count{tool="calculate"}', 1),
     ):
-        assert line in page
-    assert "made_up_tool" not in page
+        assert after[series] - before.get(series, 0.0) == grown, series
+    assert after['chatagent_breaker_state{dependency="tools"}'] == 0
+    assert not any("made_up_tool" in series for series in after)
 
 
-def test_cli_chats_and_shows_tools_emotion_usage_and_errors(suite_factory: Any) -> None:
-    suite = suite_factory(llm=False)
+def test_cli_chats_and_shows_tools_emotion_usage_and_errors(planner: Suite) -> None:
+    suite = planner
     session = subprocess.run(
         [sys.executable, "-m", "services.orchestrator.cli", "--addr", suite.process.address,
          "--user", "u-cli", "--token", TOKEN],

@@ -112,10 +112,14 @@ def normalize_name(name: str) -> str:
     """The index key of a place name (see the module docstring for the rules)."""
     # Chained replace and split/join rather than one regex or translate table: this runs on
     # ~400,000 names at load, and these are the fastest spellings of it (about 2x).
-    key = unicodedata.normalize("NFKC", name).casefold()
+    if name.isascii():
+        # Most names are: NFKC leaves them as they are and casefold is lower().
+        key = name.lower()
+    else:
+        key = unicodedata.normalize("NFKC", name).casefold()
+        if _KATAKANA.search(key):
+            key = _KATAKANA.sub(_to_hiragana, key)
     key = key.replace("-", " ").replace("_", " ").replace(".", " ").replace(",", " ")
-    if _KATAKANA.search(key):
-        key = _KATAKANA.sub(_to_hiragana, key)
     return " ".join(key.split())
 
 

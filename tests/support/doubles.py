@@ -35,6 +35,14 @@ class Double:
     _server: grpc.Server | None = None
     _start: Callable[[], grpc.Server] | None = None
 
+    def reset(self) -> None:
+        """As new, for the next test of a module that shares one double."""
+        with self._lock:
+            self.calls.clear()
+            self.cancelled.clear()
+        self.delays.clear()
+        self.failures.clear()
+
     def stop(self) -> None:
         """Take the service down, as a crashed or stopped process would be."""
         assert self._server is not None

@@ -105,6 +105,14 @@ class FakeOpenAI:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
+    def reset(self) -> None:
+        """As new, for the next test of a module that shares one fake."""
+        with self._lock:
+            self.script.clear()
+            self.requests.clear()
+        self.responder = None
+        self.default = Reply(content="はい、にゃん")
+
     def enqueue(self, *replies: Reply) -> None:
         with self._lock:
             self.script.extend(replies)
