@@ -27,6 +27,7 @@ The rules, as `check` applies them:
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
@@ -263,19 +264,29 @@ def _normalized(text: str) -> str:
     return "".join(seen.split())
 
 
-def reproduces_prompt(reply: str, prompt: str) -> bool:
-    """Whether `reply` gives away a substantial part of `prompt` (see `_ECHO_RUN`)."""
-    said = _normalized(reply[:_ECHO_MAX_SCANNED])
+@functools.lru_cache(maxsize=64)
+def _prompt_runs(prompt: str) -> tuple[dict[str, list[int]], int, int]:
+    """(where each run of the normalised prompt starts, its length, how much an echo needs).
+    A turn's prompt changes by the minute and zone, so recent ones are kept, not rebuilt."""
     secret = _normalized(prompt)
-    if len(said) < _ECHO_RUN or len(secret) < _ECHO_RUN:
-        return False
-    # Where each run of the prompt starts; what counts is how much of the prompt the reply
-    # gives away, so a phrase repeated in the reply counts once.
     starts: dict[str, list[int]] = {}
     for i in range(len(secret) - _ECHO_RUN + 1):
         starts.setdefault(secret[i : i + _ECHO_RUN], []).append(i)
     needed = min(_ECHO_MIN_CHARS, max(_ECHO_RUN, int(len(secret) * _ECHO_MIN_SHARE)))
-    given_away = bytearray(len(secret))
+    return starts, len(secret), needed
+
+
+def reproduces_prompt(reply: str, prompt: str) -> bool:
+    """Whether `reply` gives away a substantial part of `prompt` (see `_ECHO_RUN`)."""
+    said = _normalized(reply[:_ECHO_MAX_SCANNED])
+    if len(said) < _ECHO_RUN:
+        return False
+    starts, length, needed = _prompt_runs(prompt)
+    if len(said) < needed or not starts:
+        return False  # too short to give that much away
+    # What counts is how much of the prompt the reply gives away, so a phrase repeated in the
+    # reply counts once.
+    given_away = bytearray(length)
     covered = 0
     for i in range(len(said) - _ECHO_RUN + 1):
         for start in starts.get(said[i : i + _ECHO_RUN], ()):
