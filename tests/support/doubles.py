@@ -76,39 +76,70 @@ class Double:
             return [request for name, request, _ in self.calls if name == method]
 
 
+# What the doubles answer, shared by the threaded doubles here and the asyncio ones of
+# tests/support/turns.py.
+
+
+def time_answer(request: tools_pb2.GetTimeRequest) -> tools_pb2.GetTimeResponse:
+    return tools_pb2.GetTimeResponse(
+        local_time="2026-11-26T09:30:00+09:00",
+        timezone=request.timezone or "Asia/Tokyo",
+        utc_offset="+09:00",
+        utc_offset_seconds=32400,
+        abbreviation="JST",
+        weekday="Thursday",
+        place=request.place,
+    )
+
+
+def weather_answer(request: tools_pb2.GetWeatherRequest) -> tools_pb2.GetWeatherResponse:
+    return tools_pb2.GetWeatherResponse(
+        place=request.place, description="晴れ", temperature_c=20.5, weather_code=1,
+        today_max_c=23.0, today_min_c=15.0,
+    )  # fmt: skip
+
+
+def fortune_answer(_request: tools_pb2.GetFortuneRequest) -> tools_pb2.GetFortuneResponse:
+    return tools_pb2.GetFortuneResponse(
+        level=tools_pb2.FORTUNE_LEVEL_DAIKICHI, label="大吉", message="いい日",
+        lucky_item="鈴", date="2026-11-26",
+    )  # fmt: skip
+
+
+def calculate_answer(_request: tools_pb2.CalculateRequest) -> tools_pb2.CalculateResponse:
+    return tools_pb2.CalculateResponse(result="42", value=42.0, is_integer=True)
+
+
+def emotion_answer(
+    scores: dict[str, float] | None = None, dominant: str = "joy"
+) -> emotion_pb2.AnalyzeResponse:
+    return emotion_pb2.AnalyzeResponse(
+        emotion=types_pb2.EmotionResult(
+            scores={"joy": 0.8, "neutral": 0.2} if scores is None else scores, dominant=dominant
+        ),
+        analyzer="double",
+    )
+
+
 class _Tools(tools_pb2_grpc.ToolServiceServicer):
     def __init__(self, state: Double) -> None:
         self.state = state
 
     def GetTime(self, request, context):
         self.state._enter("GetTime", request, context)
-        return tools_pb2.GetTimeResponse(
-            local_time="2026-11-26T09:30:00+09:00",
-            timezone=request.timezone or "Asia/Tokyo",
-            utc_offset="+09:00",
-            utc_offset_seconds=32400,
-            abbreviation="JST",
-            weekday="Thursday",
-            place=request.place,
-        )
+        return time_answer(request)
 
     def GetWeather(self, request, context):
         self.state._enter("GetWeather", request, context)
-        return tools_pb2.GetWeatherResponse(
-            place=request.place, description="晴れ", temperature_c=20.5, weather_code=1,
-            today_max_c=23.0, today_min_c=15.0,
-        )  # fmt: skip
+        return weather_answer(request)
 
     def GetFortune(self, request, context):
         self.state._enter("GetFortune", request, context)
-        return tools_pb2.GetFortuneResponse(
-            level=tools_pb2.FORTUNE_LEVEL_DAIKICHI, label="大吉", message="いい日",
-            lucky_item="鈴", date="2026-11-26",
-        )  # fmt: skip
+        return fortune_answer(request)
 
     def Calculate(self, request, context):
         self.state._enter("Calculate", request, context)
-        return tools_pb2.CalculateResponse(result="42", value=42.0, is_integer=True)
+        return calculate_answer(request)
 
 
 class _Emotion(emotion_pb2_grpc.EmotionServiceServicer):
@@ -117,10 +148,7 @@ class _Emotion(emotion_pb2_grpc.EmotionServiceServicer):
 
     def Analyze(self, request, context):
         self.state._enter("Analyze", request, context)
-        return emotion_pb2.AnalyzeResponse(
-            emotion=types_pb2.EmotionResult(scores={"joy": 0.8, "neutral": 0.2}, dominant="joy"),
-            analyzer="double",
-        )
+        return emotion_answer()
 
 
 @contextmanager

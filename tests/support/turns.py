@@ -20,7 +20,7 @@ import grpc
 import grpc.aio
 import redis.asyncio as redis
 
-from chatagent.v1 import emotion_pb2, emotion_pb2_grpc, tools_pb2, tools_pb2_grpc, types_pb2
+from chatagent.v1 import emotion_pb2, emotion_pb2_grpc, tools_pb2, tools_pb2_grpc
 from services.common.breakers import BreakerBoard
 from services.common.channels import open_channel
 from services.common.deadline import Deadline
@@ -39,6 +39,13 @@ from services.orchestrator.model import (
     TurnRequest,
     TurnResult,
     UserMessage,
+)
+from tests.support.doubles import (
+    calculate_answer,
+    emotion_answer,
+    fortune_answer,
+    time_answer,
+    weather_answer,
 )
 
 # -- the LLM ---------------------------------------------------------------------------------
@@ -163,33 +170,19 @@ class _Tools(tools_pb2_grpc.ToolServiceServicer):
 
     async def GetTime(self, request: Any, context: Any) -> tools_pb2.GetTimeResponse:
         await self.recorder.enter("GetTime", request, context)
-        return tools_pb2.GetTimeResponse(
-            local_time="2026-11-26T09:30:00+09:00",
-            timezone=request.timezone or "Asia/Tokyo",
-            utc_offset="+09:00",
-            utc_offset_seconds=32400,
-            abbreviation="JST",
-            weekday="Thursday",
-            place=request.place,
-        )
+        return time_answer(request)
 
     async def GetWeather(self, request: Any, context: Any) -> tools_pb2.GetWeatherResponse:
         await self.recorder.enter("GetWeather", request, context)
-        return tools_pb2.GetWeatherResponse(
-            place=request.place or "?", description="晴れ", temperature_c=20.5, weather_code=1,
-            today_max_c=23.0, today_min_c=15.0,
-        )  # fmt: skip
+        return weather_answer(request)
 
     async def GetFortune(self, request: Any, context: Any) -> tools_pb2.GetFortuneResponse:
         await self.recorder.enter("GetFortune", request, context)
-        return tools_pb2.GetFortuneResponse(
-            level=tools_pb2.FORTUNE_LEVEL_DAIKICHI, label="大吉", message="いい日",
-            lucky_item="鈴", date="2026-11-26",
-        )  # fmt: skip
+        return fortune_answer(request)
 
     async def Calculate(self, request: Any, context: Any) -> tools_pb2.CalculateResponse:
         await self.recorder.enter("Calculate", request, context)
-        return tools_pb2.CalculateResponse(result="42", value=42.0, is_integer=True)
+        return calculate_answer(request)
 
 
 @dataclass
@@ -205,12 +198,7 @@ class _Emotion(emotion_pb2_grpc.EmotionServiceServicer):
 
     async def Analyze(self, request: Any, context: Any) -> emotion_pb2.AnalyzeResponse:
         await self.recorder.enter("Analyze", request, context)
-        return emotion_pb2.AnalyzeResponse(
-            emotion=types_pb2.EmotionResult(
-                scores=self.answer.scores, dominant=self.answer.dominant
-            ),
-            analyzer="double",
-        )
+        return emotion_answer(self.answer.scores, self.answer.dominant)
 
 
 # -- the harness -----------------------------------------------------------------------------
