@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from services.common import redisconn
 from services.common.validation import InvalidArgument
 from services.orchestrator.agent import RateLimited, StoreUnavailable, TurnAborted, TurnTimeout
-from services.orchestrator.llm import LlmUnavailable, estimate_prompt_tokens
+from services.orchestrator.llm import LlmReply, LlmUnavailable, estimate_prompt_tokens
 from services.orchestrator.model import (
     AssistantMessage,
     SystemMessage,
@@ -749,3 +749,13 @@ async def test_arguments_no_tool_could_take_are_not_repeated_in_the_next_prompt(
     echoed = [m for m in llm.requests[1].messages if isinstance(m, AssistantMessage)]
     assert echoed[-1].tool_calls[0].arguments == "{}"
     assert estimate_prompt_tokens(llm.requests[1]) < estimate_prompt_tokens(llm.requests[0]) + 500
+
+
+async def test_a_reply_cut_off_at_max_tokens_is_counted_and_repaired() -> None:
+    cut = LlmReply("今日はとても良い天気で、散歩に", [], 100, 800, "fake-model", truncated=True)
+    llm = ScriptedLlm(script=[cut, cut])
+    before = REGISTRY.get_sample_value("chatagent_llm_truncated_total") or 0.0
+    async with harness(llm=llm) as h:
+        result = await h.chat("今日はどう？")
+    assert REGISTRY.get_sample_value("chatagent_llm_truncated_total") == before + 2
+    assert ends_in_nyan(result.reply)

@@ -64,10 +64,6 @@ class Deadline:
         return cls(clock() + seconds, clock=clock)
 
     @classmethod
-    def never(cls, *, clock: Clock = time.monotonic) -> Deadline:
-        return cls(math.inf, clock=clock)
-
-    @classmethod
     def from_context(
         cls,
         context: _HasTimeRemaining | Any | None,
@@ -105,10 +101,6 @@ class Deadline:
         if left < cap:
             return Budget(left, cut_short=True)
         return Budget(cap, cut_short=False)
-
-    def within(self, seconds: float) -> Deadline:
-        """The earlier of this deadline and `seconds` from now."""
-        return Deadline(min(self.at, self._clock() + seconds), clock=self._clock)
 
     def timeout(self) -> asyncio.Timeout:
         """An `async with` block that is cancelled when the deadline passes."""

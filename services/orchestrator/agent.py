@@ -610,6 +610,8 @@ class Agent:
         usage = self._prices.usage(reply.model, reply.prompt_tokens, reply.completion_tokens)
         turn.model = reply.model
         self._settle(turn, reservation, usage)
+        if reply.truncated:
+            metrics.TRUNCATED.inc()
         metrics.TOKENS.labels(_model_label(reply.model, model), "prompt").inc(reply.prompt_tokens)
         metrics.TOKENS.labels(_model_label(reply.model, model), "completion").inc(
             reply.completion_tokens

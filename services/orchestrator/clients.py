@@ -22,7 +22,7 @@ import grpc.aio
 from google.protobuf import json_format
 
 from chatagent.v1 import emotion_pb2, emotion_pb2_grpc, speech_pb2, speech_pb2_grpc, tools_pb2_grpc
-from services.common.breakers import Breaker, CircuitOpen
+from services.common.breakers import Breaker, CircuitOpen, grpc_codes
 from services.common.channels import streaming, unary
 from services.common.deadline import Budget, Deadline
 from services.orchestrator import metrics
@@ -54,8 +54,7 @@ MAX_TOOL_RESULT_BYTES: Final = 16_384
 UNKNOWN_TOOL: Final = "unknown"
 
 
-def is_caller_error(error: BaseException) -> bool:
-    return isinstance(error, grpc.aio.AioRpcError) and error.code() in CALLER_ERRORS
+is_caller_error = grpc_codes(*CALLER_ERRORS)
 
 
 OnFinish = Callable[[ToolOutcome], Awaitable[None]]

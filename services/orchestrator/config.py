@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from services.common.config import Port, Seconds, ServiceSettings, Timezone
 from services.common.language import Language, is_supported
 from services.orchestrator.persona import PersonaConfig
+from services.orchestrator.usage import Prices
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Money = Annotated[float, Field(ge=0)]
@@ -25,10 +26,6 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4.1": (2.00, 8.00),
     "local-planner": (0.0, 0.0),
 }
-
-
-def _has_price(prices: dict[str, tuple[float, float]], model: str) -> bool:
-    return any(model.startswith(name) for name in prices)
 
 
 class OrchestratorSettings(ServiceSettings):
@@ -139,7 +136,8 @@ class OrchestratorSettings(ServiceSettings):
             self.caller_daily_budget_usd,
             self.global_monthly_budget_usd,
         )
-        if self.uses_openai and any(budgets) and not _has_price(self.llm_prices, self.llm_model):
+        priced = Prices(self.llm_prices, fallback_model=self.llm_model).knows(self.llm_model)
+        if self.uses_openai and any(budgets) and not priced:
             raise ValueError(
                 f"LLM_PRICES: no price for LLM_MODEL {self.llm_model!r}, so budgets could not "
                 "be kept; add it, e.g. LLM_PRICES='{\"my-model\": [0.2, 0.8]}' (USD per "

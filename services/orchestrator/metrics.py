@@ -30,6 +30,10 @@ PERSONA = Counter(
     ["outcome"],
 )
 FALLBACKS = Counter("chatagent_degraded_total", "Parts that fell back in a turn.", ["part"])
+TRUNCATED = Counter(
+    "chatagent_llm_truncated_total",
+    "LLM replies cut off at max_tokens (many: LLM_MAX_TOKENS is too low for the replies asked).",
+)
 UNSETTLED = Counter(
     "chatagent_usage_unrecorded_total",
     "LLM usage that could not be recorded in the ledger within an hour of retrying.",
