@@ -376,7 +376,7 @@ def test_metrics_show_turns_tools_tokens_breakers_and_the_persona_guard(
         ('chatagent_tool_call_seconds_count{tool="calculate"}', 1),
     ):
         assert after[series] - before.get(series, 0.0) == grown, series
-    assert after['chatagent_breaker_state{dependency="tools"}'] == 0
+    assert after['chatagent_breaker_state{dependency="tools.calculate"}'] == 0
     assert not any("made_up_tool" in series for series in after)
 
 

@@ -76,7 +76,7 @@ def test_an_answer_round_trips_with_its_fingerprint_marked_as_replayed() -> None
     assert replayed.tool_outcomes[1].status is ToolStatus.INVALID_ARGUMENT
 
 
-def test_a_retry_must_repeat_the_message_and_its_hints() -> None:
+def test_a_retry_must_repeat_the_message_its_hints_and_its_caller() -> None:
     mark = fingerprint(REQUEST)
     assert fingerprint(replace(REQUEST)) == mark
     for changed in (
@@ -85,10 +85,12 @@ def test_a_retry_must_repeat_the_message_and_its_hints() -> None:
         replace(REQUEST, language="en"),
         replace(REQUEST, timezone="Europe/Paris"),
         replace(REQUEST, include_audio=False),
+        # Another caller's answer is never handed out, even for the same user and id.
+        replace(REQUEST, caller="other"),
     ):
         assert fingerprint(changed) != mark, changed
-    # Who relays the retry, and its request id, are not part of what was asked.
-    assert fingerprint(replace(REQUEST, caller="other", request_id="r-2")) == mark
+    # The request id is where the answer is kept, not part of what was asked.
+    assert fingerprint(replace(REQUEST, request_id="r-2")) == mark
     assert len(mark) == 32
     assert set(mark) <= set("0123456789abcdef")
 

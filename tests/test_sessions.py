@@ -30,6 +30,7 @@ from services.orchestrator.sessions import (
     SessionStore,
 )
 from tests.support.clock import Clock
+from tests.support.loop import wait_until
 from tests.support.redis_server import RedisServer
 
 ODD_USER_IDS = ["*", "a*", "{x}", "user:1", "user:10", "a}b{c"]
@@ -673,8 +674,13 @@ async def test_releasing_the_lock_on_a_lost_redis_does_not_mask_the_turn(
                 take_away()
                 if turn_fails:
                     raise TurnFailed  # the turn's own error comes out, not the release's
-        assert time.monotonic() - started < 10, "the release waited on the lost Redis"
-        assert [r for r in caplog.records if "releasing a user's lock failed" in r.message]
+        assert time.monotonic() - started < 2, "the turn waited on the lost Redis"
+        # The release is left to a task of its own; its failure is said when it comes.
+        await wait_until(
+            lambda: [r for r in caplog.records if "releasing a user's lock failed" in r.message],
+            within=10,
+            message="the failed release to be logged",
+        )
         if outage == "paused":
             redis_process.resume()
             # The lock that could not be released lapses by its own TTL.

@@ -585,7 +585,7 @@ async def test_a_tool_refusing_the_arguments_never_opens_the_breaker() -> None:
         for _ in range(4):
             result = await h.chat("12*3は？")
             assert result.tool_outcomes[0].status == ToolStatus.INVALID_ARGUMENT
-    assert h.parts.tools._breaker.state == "closed"
+    assert h.parts.tools.breaker("calculate").state == "closed"
 
 
 async def test_emotion_failure_gives_neutral_and_degraded() -> None:
@@ -759,3 +759,14 @@ async def test_a_reply_cut_off_at_max_tokens_is_counted_and_repaired() -> None:
         result = await h.chat("今日はどう？")
     assert REGISTRY.get_sample_value("chatagent_llm_truncated_total") == before + 2
     assert ends_in_nyan(result.reply)
+
+
+async def test_one_tool_failing_does_not_switch_the_others_off() -> None:
+    async with harness(llm=False, breaker_fail_max=2) as h:
+        h.tools.failures = {"GetWeather": grpc.StatusCode.UNAVAILABLE}  # its upstream is down
+        for _ in range(3):
+            await h.chat("大阪の天気は？")
+        assert h.parts.tools.breaker("get_weather").state == "open"
+        result = await h.chat("12*3は？")
+    assert result.tool_outcomes[0].status == ToolStatus.OK
+    assert h.parts.tools.breaker("calculate").state == "closed"

@@ -191,9 +191,9 @@ async def test_usage_sums_per_user_and_globally(books: Books) -> None:
     await spend(ledger, a, DEC_2, prompt=100, completion=20, cost=0.25)
     await spend(ledger, a, DEC_2, prompt=1, completion=2, cost=0.5)
     await spend(ledger, b, DEC_2, prompt=10, completion=10, cost=1.0)
-    await ledger.count_turn(a, tts_characters=30, now=DEC_2)
-    await ledger.count_turn(a, tts_characters=0, now=DEC_2)
-    await ledger.count_turn(b, tts_characters=10, now=DEC_2)
+    await ledger.count_turn(a, tts_characters=30, epoch=0, now=DEC_2)
+    await ledger.count_turn(a, tts_characters=0, epoch=0, now=DEC_2)
+    await ledger.count_turn(b, tts_characters=10, epoch=0, now=DEC_2)
 
     report = await ledger.report("a", DEC_2)
     mine = UsageTotals(
@@ -220,9 +220,9 @@ async def test_a_new_utc_day_and_month_start_from_zero(books: Books) -> None:
     assert fresh.user_today == fresh.user_month == fresh.global_month == UsageTotals()
 
     await spend(ledger, ALICE, DEC_1_EARLY, prompt=7, cost=0.25)
-    await ledger.count_turn(ALICE, tts_characters=0, now=DEC_1_EARLY)
+    await ledger.count_turn(ALICE, tts_characters=0, epoch=0, now=DEC_1_EARLY)
     await spend(ledger, ALICE, DEC_2, prompt=11, cost=0.125)
-    await ledger.count_turn(ALICE, tts_characters=0, now=DEC_2)
+    await ledger.count_turn(ALICE, tts_characters=0, epoch=0, now=DEC_2)
     dec_2 = await ledger.report("alice", DEC_2)
     assert (dec_2.user_today.prompt_tokens, dec_2.user_month.prompt_tokens) == (11, 18)
     assert (dec_2.global_today.turns, dec_2.global_month.turns) == (1, 2)
@@ -257,7 +257,7 @@ async def test_bad_amounts_are_refused_and_not_counted(books: Books) -> None:
     with pytest.raises(ValueError, match="negative"):
         await ledger.reserve(ALICE, -1, epoch=0, hold_seconds=HOLD, now=DEC_2)
     with pytest.raises(ValueError, match="negative"):
-        await ledger.count_turn(ALICE, tts_characters=-1, now=DEC_2)
+        await ledger.count_turn(ALICE, tts_characters=-1, epoch=0, now=DEC_2)
     assert (await ledger.report("alice", DEC_2)).global_month == UsageTotals()
 
 
@@ -529,7 +529,9 @@ async def test_redis_index_forgets_expired_keys_only(redis_client: redis.Redis) 
     index = user_key("daily", "usage:keys")
     daily = Account("daily", "one")
     for days in range(3):
-        await ledger.count_turn(daily, tts_characters=1, now=DEC_1_EARLY + timedelta(days=days))
+        await ledger.count_turn(
+            daily, tts_characters=1, epoch=0, now=DEC_1_EARLY + timedelta(days=days)
+        )
     assert await redis_client.zcard(index) == 4  # three days, one month
     last_day = user_key("daily", "usage:day:2026-12-03")
     expires_ms = await redis_client.zscore(index, last_day)
@@ -542,7 +544,7 @@ async def test_redis_index_forgets_expired_keys_only(redis_client: redis.Redis) 
     await wait_until(server_clock_passed, within=5, message="the server's clock advancing")
     assert not await redis_client.exists(last_day)
 
-    await ledger.count_turn(daily, tts_characters=1, now=DEC_1_EARLY + timedelta(days=9))
+    await ledger.count_turn(daily, tts_characters=1, epoch=0, now=DEC_1_EARLY + timedelta(days=9))
     assert sorted(await redis_client.zrange(index, 0, -1)) == [
         user_key("daily", "usage:day:2026-12-10").encode(),
         user_key("daily", "usage:month:2026-12").encode(),

@@ -52,6 +52,9 @@ class ServiceSettings(BaseSettings):
     max_request_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
     # How long in-flight calls may run on after SIGTERM before they are cancelled.
     shutdown_grace_seconds: Seconds = 10.0
+    # A connection is closed this long after it opened, its calls given the grace to finish.
+    max_connection_age_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    max_connection_age_grace_seconds: Seconds = 60.0
     otel_exporter_otlp_endpoint: str = ""
     otel_service_name: str = ""
     redis_url: str = ""

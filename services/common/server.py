@@ -71,6 +71,23 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | No
     )
 
 
+def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
+    """The gRPC server options every service runs with."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        # A second process on the same port must fail to start, not share it.
+        ("grpc.so_reuseport", 0),
+        # Connections are closed after an age (GOAWAY, then the grace for the calls on them):
+        # clients spread over new pods after a scale-up, and a stream whose client stopped
+        # reading (writes blocked by flow control, which no deadline of ours can end) ends too.
+        ("grpc.max_connection_age_ms", round(settings.max_connection_age_seconds * 1000)),
+        (
+            "grpc.max_connection_age_grace_ms",
+            round(settings.max_connection_age_grace_seconds * 1000),
+        ),
+    ]
+
+
 class ServiceHost:
     """One `grpc.aio` server with the shared runtime around the servicers added to it."""
 
@@ -87,11 +104,7 @@ class ServiceHost:
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             interceptors=[*server_interceptors(), TelemetryInterceptor(), *interceptors],
-            options=[
-                ("grpc.max_receive_message_length", settings.max_request_bytes),
-                # A second process on the same port must fail to start, not share it.
-                ("grpc.so_reuseport", 0),
-            ],
+            options=server_options(settings),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -108,6 +108,10 @@ _FALLBACK_RESERVE_SECONDS: Final = 1.5
 _FALLBACK_RESERVE_SHARE: Final = 0.4
 # Committing the turn (history, answer, usage) needs a moment; without it, give up instead.
 _COMMIT_RESERVE_SECONDS: Final = 0.05
+# How long a commit waits for the turn's spend to be on the books first.
+_SETTLE_WAIT_SECONDS: Final = 0.5
+# How long a cancelled turn waits for its commit to end before letting go of the user's lock.
+_COMMIT_GRACE_SECONDS: Final = 0.2
 # The user's lock outlives the turn's deadline by this much, for the commit that may run past
 # it; a holder that dies frees the user this long after its turn would have ended anyway.
 _LOCK_GRACE_SECONDS: Final = 5.0
@@ -273,29 +277,41 @@ class Agent:
         )
         request = replace(request, message=message, caller=request.caller or ANONYMOUS)
         mark = fingerprint(request)
+        sessions = self._parts.sessions
         with _store_errors("turn"):
-            # A retry of an answered request is answered before any limit: it costs nothing.
-            replayed = await self._replay(request, mark)
-            if replayed is not None:
-                return replayed
-            decision = await self._parts.limiter.check(request.user_id, request.caller)
-            if not decision.allowed:
-                metrics.RATE_LIMITED.labels(decision.scope).inc()
-                raise RateLimited(decision.retry_after_seconds, decision.scope)
             try:
-                async with (
-                    deadline.timeout(),
-                    self._parts.sessions.lock(
+                async with deadline.timeout():
+                    arrival = await sessions.arrive(request.user_id, request.request_id)
+                    # A retry of an answered request is answered before any limit: it is free.
+                    replayed = self._replay(arrival.answer, mark)
+                    if replayed is not None:
+                        return replayed
+                    decision = await self._parts.limiter.check(request.user_id, request.caller)
+                    if not decision.allowed:
+                        metrics.RATE_LIMITED.labels(decision.scope).inc()
+                        raise RateLimited(decision.retry_after_seconds, decision.scope)
+                    async with sessions.lock(
                         request.user_id,
                         wait_seconds=max(0.0, deadline.remaining()),
                         ttl_seconds=max(0.0, deadline.remaining()) + _LOCK_GRACE_SECONDS,
-                    ) as lease,
-                ):
-                    # The same request may have finished while this one waited for the lock.
-                    replayed = await self._replay(request, mark)
-                    if replayed is not None:
-                        return replayed
-                    return await self._locked_turn(request, mark, lease, deadline, emit)
+                    ) as lease:
+                        if lease.erasures != arrival.erasures:
+                            # Erased while this turn waited for the lock: it began before the
+                            # erase, so nothing of it may be stored after it.
+                            metrics.TURNS.labels("aborted").inc()
+                            raise TurnAborted(
+                                "the user's data was erased while the turn waited; nothing of "
+                                "this turn was stored"
+                            )
+                        if request.request_id:
+                            # The same request may have finished while this one waited.
+                            stored = await sessions.cached_answer(
+                                request.user_id, request.request_id
+                            )
+                            replayed = self._replay(stored, mark)
+                            if replayed is not None:
+                                return replayed
+                        return await self._locked_turn(request, mark, lease, deadline, emit)
             except (TimeoutError, LockTimeout) as exc:
                 metrics.TURNS.labels("deadline_exceeded").inc()
                 raise TurnTimeout("the turn could not finish before the deadline") from exc
@@ -313,10 +329,7 @@ class Agent:
             others = await asyncio.gather(parts.limiter.erase(user_id), parts.ledger.erase(user_id))
         return erased + sum(others)
 
-    async def _replay(self, request: TurnRequest, mark: str) -> TurnResult | None:
-        if not request.request_id:
-            return None
-        stored = await self._parts.sessions.cached_answer(request.user_id, request.request_id)
+    def _replay(self, stored: bytes | None, mark: str) -> TurnResult | None:
         if stored is None:
             return None
         try:
@@ -404,10 +417,21 @@ class Agent:
         return city or self._settings.default_place
 
     async def _finish_anyway(self, work: Awaitable[None]) -> None:
+        """Run `work` to its end even if the turn is cancelled meanwhile (the cancel then goes
+        on once it is done): a commit begun is finished while its turn still holds the user's
+        lock, so a retry waits for it and finds its answer instead of running again."""
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._done)
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # A commit takes a few milliseconds; one stuck on a store that does not answer is
+            # left to finish (or fail) on its own, so the cancel is not held up for long.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(_COMMIT_GRACE_SECONDS):
+                    await asyncio.shield(task)
+            raise
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
@@ -418,8 +442,10 @@ class Agent:
     async def _commit(self, turn: _Turn, lease: Lease, result: TurnResult, mark: str) -> None:
         request = turn.request
         if turn.settlements:
-            # What the turn spent is on the books before the turn is: GetUsage then agrees.
-            await asyncio.gather(*turn.settlements)
+            # What the turn spent is on the books before the turn is, so GetUsage agrees; but a
+            # store that is away must fail the commit quickly, not hold it while the bookkeeper
+            # retries (the spend is recorded when the store is back either way).
+            await asyncio.wait(turn.settlements, timeout=_SETTLE_WAIT_SECONDS)
         try:
             await self._parts.sessions.commit_turn(
                 lease,
@@ -437,7 +463,10 @@ class Agent:
             metrics.TURNS.labels("aborted").inc()
             raise TurnAborted(f"{exc}; nothing of this turn was stored") from None
         await self._parts.ledger.count_turn(
-            turn.account, tts_characters=result.usage.tts_characters, now=self._parts.wall_clock()
+            turn.account,
+            tts_characters=result.usage.tts_characters,
+            epoch=lease.erasures,
+            now=self._parts.wall_clock(),
         )
 
     def _asked_place(self, turn: _Turn) -> str:
@@ -579,9 +608,9 @@ class Agent:
     ) -> LlmReply:
         """One LLM call: its worst case held against the budgets first, its cost counted the
         moment it answers."""
-        remaining = turn.deadline.remaining()
-        reserve = min(_FALLBACK_RESERVE_SECONDS, remaining * _FALLBACK_RESERVE_SHARE)
-        budget = turn.deadline.budget(self._settings.llm_timeout_seconds, reserve=reserve)
+        budget = turn.deadline.budget(
+            self._settings.llm_timeout_seconds, reserve=self._reserve(turn)
+        )
         if not budget.usable:
             raise LlmTimeout("no time left for the LLM")
         request = LlmRequest(tuple(messages), tuple(tools), self._settings.max_tokens)
@@ -612,16 +641,23 @@ class Agent:
         self._settle(turn, reservation, usage)
         if reply.truncated:
             metrics.TRUNCATED.inc()
-        metrics.TOKENS.labels(_model_label(reply.model, model), "prompt").inc(reply.prompt_tokens)
-        metrics.TOKENS.labels(_model_label(reply.model, model), "completion").inc(
-            reply.completion_tokens
-        )
+        # Labelled by the configured model, never by the name the provider sends back: that
+        # would let the provider grow the series without bound.
+        metrics.TOKENS.labels(model, "prompt").inc(reply.prompt_tokens)
+        metrics.TOKENS.labels(model, "completion").inc(reply.completion_tokens)
         return reply
 
     def _settle(self, turn: _Turn, reservation: Reservation, usage: Usage) -> None:
         turn.settlements.append(self._bookkeeper.settle(reservation, usage))
         turn.usage = turn.usage + usage
-        metrics.COST.labels(_model_label(turn.model, self._settings.llm_model)).inc(usage.cost_usd)
+        metrics.COST.labels(self._settings.llm_model).inc(usage.cost_usd)
+
+    @staticmethod
+    def _reserve(turn: _Turn) -> float:
+        """Time kept back from an LLM or tool call for what must follow it: the local planner's
+        answer and the commit, when the call fails or hangs."""
+        remaining = turn.deadline.remaining()
+        return min(_FALLBACK_RESERVE_SECONDS, max(0.0, remaining) * _FALLBACK_RESERVE_SHARE)
 
     async def _run_tools(self, turn: _Turn, calls: Sequence[ToolCallRequest]) -> list[ToolOutcome]:
         for call in calls:
@@ -638,6 +674,7 @@ class Agent:
             calls,
             turn.context,
             deadline=turn.deadline,
+            reserve=self._reserve(turn),
             seen=turn.seen,
             allowed=max(0, allowed),
             on_finish=finished,
@@ -651,10 +688,15 @@ class Agent:
         return outcomes
 
     async def _emotion(self, turn: _Turn, emotion_task: asyncio.Task[Emotion | None]) -> Emotion:
+        # Waited for at most until the commit's reserve: a hung emotion service costs the turn
+        # its emotion, never its answer.
+        wait = turn.deadline.budget(reserve=_COMMIT_RESERVE_SECONDS).seconds
         try:
-            emotion = await asyncio.wait_for(
-                asyncio.shield(emotion_task), max(0.0, turn.deadline.remaining())
-            )
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result of a
+            # task that is already done even when the turn is being cancelled, and the cancel
+            # is lost.
+            async with asyncio.timeout(max(0.0, wait)):
+                emotion = await asyncio.shield(emotion_task)
         except TimeoutError:
             emotion = None
         if emotion is None:
@@ -680,16 +722,16 @@ class Agent:
         pieces: list[bytes] = []
         try:
             chunks: AsyncIterator[Any] = self._parts.speech.stream(
-                reply, turn.language, deadline=turn.deadline
+                reply, turn.language, deadline=turn.deadline, reserve=_COMMIT_RESERVE_SECONDS
             )
             async for chunk in chunks:
                 await turn.emit(AudioPiece(chunk.sequence, chunk.text, chunk.wav))
                 pieces.append(chunk.wav)
+            return join_wavs(pieces) if pieces else b""
         except SpeechUnavailable as exc:
             logger.info("speech unavailable", extra={"error": str(exc)})
             turn.degrade("tts")
             return b""
-        return join_wavs(pieces) if pieces else b""
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -708,9 +750,3 @@ def _echo(call: ToolCallRequest) -> ToolCallRequest:
     if len(call.arguments) <= MAX_ARGUMENT_BYTES and len(call.name) <= _MAX_ECHOED_NAME:
         return call
     return ToolCallRequest(call.id, call.name[:_MAX_ECHOED_NAME], "{}")
-
-
-def _model_label(answered: str, configured: str) -> str:
-    """A metric label from the provider's model name only when it is the configured model (or
-    a dated name of it): anything else the provider says would grow the series without bound."""
-    return answered if answered.startswith(configured) and len(answered) <= 64 else configured

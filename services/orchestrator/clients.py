@@ -13,7 +13,7 @@ import io
 import logging
 import time
 import wave
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -62,17 +62,30 @@ OnFinish = Callable[[ToolOutcome], Awaitable[None]]
 
 class ToolRunner:
     """Runs the tool calls of one LLM response concurrently, deduplicated within the turn, at
-    most `allowed` of them; knows concurrency, caps, the breaker and metrics, and asks each
-    call's `ToolSpec` for everything about the tool itself."""
+    most `allowed` of them; knows concurrency, caps, the breakers and metrics, and asks each
+    call's `ToolSpec` for everything about the tool itself.
+
+    Each tool has a breaker of its own (`breakers` by tool name): the weather's upstream being
+    down must not switch the calculator off with it."""
 
     def __init__(
-        self, channel: grpc.aio.Channel, breaker: Breaker, *, timeout_seconds: float
+        self,
+        channel: grpc.aio.Channel,
+        breakers: Mapping[str, Breaker],
+        *,
+        timeout_seconds: float,
     ) -> None:
-        self._breaker = breaker
         self._timeout = timeout_seconds
         stub = tools_pb2_grpc.ToolServiceStub(channel)
         self._specs = tool_specs()
+        missing = set(self._specs) - set(breakers)
+        if missing:
+            raise ValueError(f"no breaker for the tools {sorted(missing)}")
+        self._breakers = dict(breakers)
         self._methods = {spec.name: getattr(stub, spec.method) for spec in self._specs.values()}
+
+    def breaker(self, tool: str) -> Breaker:
+        return self._breakers[tool]
 
     async def run(
         self,
@@ -80,13 +93,15 @@ class ToolRunner:
         context: ToolContext,
         *,
         deadline: Deadline,
+        reserve: float = 0.0,
         seen: dict[str, ToolOutcome],
         allowed: int,
         on_finish: OnFinish,
     ) -> list[ToolOutcome]:
-        """Outcomes in the order of `calls`. `seen` carries the turn's earlier outcomes by call
-        key: an identical call is answered from the first, not run again. Calls beyond
-        `allowed` are not run: their result tells the LLM so."""
+        """Outcomes in the order of `calls`. Each call ends `reserve` seconds before the
+        deadline at the latest (time kept for what follows it). `seen` carries the turn's
+        earlier outcomes by call key: an identical call is answered from the first, not run
+        again. Calls beyond `allowed` are not run: their result tells the LLM so."""
         pending: dict[str, asyncio.Task[ToolOutcome]] = {}
         order: list[tuple[ToolCallRequest, str, str]] = []  # (call, key, "run" | "dup" | "cap")
         for call in calls:
@@ -97,7 +112,7 @@ class ToolRunner:
                 order.append((call, key, "cap"))
             else:
                 pending[key] = asyncio.create_task(
-                    self._run_one(call, context, deadline, on_finish)
+                    self._run_one(call, context, deadline, reserve, on_finish)
                 )
                 order.append((call, key, "run"))
         try:
@@ -136,17 +151,22 @@ class ToolRunner:
             metrics.TOOL_LATENCY.labels(label).observe(outcome.duration_seconds)
 
     async def _run_one(
-        self, call: ToolCallRequest, context: ToolContext, deadline: Deadline, on_finish: OnFinish
+        self,
+        call: ToolCallRequest,
+        context: ToolContext,
+        deadline: Deadline,
+        reserve: float,
+        on_finish: OnFinish,
     ) -> ToolOutcome:
         started = time.perf_counter()
-        status, result = await self._call(call, context, deadline)
+        status, result = await self._call(call, context, deadline, reserve)
         outcome = ToolOutcome(call, status, result, time.perf_counter() - started)
         self._count(call, outcome)
         await on_finish(outcome)
         return outcome
 
     async def _call(
-        self, call: ToolCallRequest, context: ToolContext, deadline: Deadline
+        self, call: ToolCallRequest, context: ToolContext, deadline: Deadline, reserve: float
     ) -> tuple[ToolStatus, dict[str, Any]]:
         spec = self._specs.get(call.name)
         if spec is None:
@@ -157,11 +177,11 @@ class ToolRunner:
             request = spec.parse(call.arguments, context)
         except ToolArgumentError as exc:
             return ToolStatus.REJECTED, {"error": str(exc)}
-        budget = deadline.budget(self._timeout)
+        budget = deadline.budget(self._timeout, reserve=reserve)
         if not budget.usable:
             return self._fallback(spec, "no time left in the turn")
         try:
-            with self._breaker.calling(budget):
+            with self._breakers[spec.name].calling(budget):
                 response = await unary(self._methods[spec.name](request, timeout=budget.seconds))
         except CircuitOpen:
             return ToolStatus.CIRCUIT_OPEN, spec.fallback()
@@ -248,10 +268,11 @@ class SpeechClient:
         self._stub = speech_pb2_grpc.SpeechServiceStub(channel)
 
     async def stream(
-        self, text: str, language: str, *, deadline: Deadline
+        self, text: str, language: str, *, deadline: Deadline, reserve: float = 0.0
     ) -> AsyncIterator[SpeechChunk]:
-        """Chunks as they are synthesized; raises SpeechUnavailable when the service fails."""
-        budget = deadline.budget(self._timeout)
+        """Chunks as they are synthesized, each a WAV file in the format of the first; raises
+        SpeechUnavailable when the service fails or sends audio that cannot be played."""
+        budget = deadline.budget(self._timeout, reserve=reserve)
         if not budget.usable:
             raise SpeechUnavailable("no time left for speech")
         try:
@@ -261,19 +282,39 @@ class SpeechClient:
                     timeout=budget.seconds,
                 )
                 async with streaming(call) as chunks:
+                    first: Any = None
                     async for chunk in chunks:
-                        yield SpeechChunk(chunk.sequence, chunk.text, chunk.audio_wav)
+                        params = _wav_params(chunk.audio_wav)
+                        first = first or params
+                        if params != first:
+                            raise SpeechUnavailable("speech came back in changing audio formats")
+                        yield SpeechChunk(chunk.sequence, chunk.text[:2000], chunk.audio_wav)
         except (CircuitOpen, grpc.aio.AioRpcError) as exc:
             raise SpeechUnavailable(type(exc).__name__) from exc
+
+
+def _wav_params(data: bytes) -> tuple[int, int, int]:
+    """(channels, sample width, frame rate) of a WAV file; SpeechUnavailable if it is none."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as piece:
+            params = piece.getnchannels(), piece.getsampwidth(), piece.getframerate()
+    except (wave.Error, EOFError, ValueError) as exc:
+        raise SpeechUnavailable("speech came back as audio that is not a WAV file") from exc
+    if params[0] < 1 or params[1] < 1 or params[2] < 1:
+        raise SpeechUnavailable("speech came back as audio that is not a WAV file")
+    return params
 
 
 def join_wavs(parts: Sequence[bytes]) -> bytes:
     """One WAV file holding the PCM frames of `parts` in order (all of one format)."""
     out = io.BytesIO()
-    with wave.open(out, "wb") as joined:
-        for index, part in enumerate(parts):
-            with wave.open(io.BytesIO(part), "rb") as piece:
-                if index == 0:
-                    joined.setparams(piece.getparams())
-                joined.writeframes(piece.readframes(piece.getnframes()))
+    try:
+        with wave.open(out, "wb") as joined:
+            for index, part in enumerate(parts):
+                with wave.open(io.BytesIO(part), "rb") as piece:
+                    if index == 0:
+                        joined.setparams(piece.getparams())
+                    joined.writeframes(piece.readframes(piece.getnframes()))
+    except (wave.Error, EOFError, ValueError) as exc:
+        raise SpeechUnavailable("speech came back as audio that cannot be joined") from exc
     return out.getvalue()

@@ -65,9 +65,16 @@ def decode_turn(raw: bytes) -> HistoryTurn:
 
 
 def fingerprint(request: TurnRequest) -> str:
-    """What a retry must repeat for the stored answer to be its answer: the same message and
-    the same hints. A request id reused for anything else is refused, not answered."""
-    parts = (request.message, request.language, request.timezone, str(request.include_audio))
+    """What a retry must repeat for the stored answer to be its answer: the same message, the
+    same hints, from the same caller. A request id reused for anything else is refused, not
+    answered (another caller's answer is never handed out)."""
+    parts = (
+        request.message,
+        request.language,
+        request.timezone,
+        str(request.include_audio),
+        request.caller,
+    )
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 

@@ -118,7 +118,10 @@ def build_agent(
             ledger=ledger,
             tools=ToolRunner(
                 channels.tools,
-                breaker("tools", is_caller_error=is_caller_error),
+                {
+                    name: breaker(f"tools.{name}", is_caller_error=is_caller_error)
+                    for name in tool_specs()
+                },
                 timeout_seconds=settings.tool_timeout_seconds,
             ),
             emotion=EmotionClient(

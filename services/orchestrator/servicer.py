@@ -39,6 +39,9 @@ from services.orchestrator.model import (
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+# Events of a streamed turn held for a client that has not read them yet.
+_STREAM_BACKLOG: Final = 32
+
 # How a turn's domain errors end the call.
 STATUSES: Final = StatusTable(
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -64,7 +67,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def StreamChat(
         self, request: chat_pb2.StreamChatRequest, context: Context
     ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
-        events: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
+        # Bounded: a client that reads slowly holds the turn back (within its deadline) instead
+        # of making this process hold every event, audio included.
+        events: asyncio.Queue[TurnEvent] = asyncio.Queue(maxsize=_STREAM_BACKLOG)
+        ended = asyncio.Event()
 
         async def emit(event: TurnEvent) -> None:
             await events.put(event)
@@ -74,9 +80,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 _turn_request(request, context), deadline=self._deadline(context), emit=emit
             )
         )
-        turn.add_done_callback(lambda _: events.put_nowait(None))
+        turn.add_done_callback(lambda _: ended.set())
         try:
-            while (event := await events.get()) is not None:
+            while (event := await _next_event(events, ended)) is not None:
                 yield _event(event)
             result = await self._outcome(turn, context)
         finally:
@@ -111,6 +117,24 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         async with STATUSES.translating(context):
             return await turn
         raise AssertionError("unreachable")  # pragma: no cover - translating() aborts or returns
+
+
+async def _next_event(events: asyncio.Queue[TurnEvent], ended: asyncio.Event) -> TurnEvent | None:
+    """The turn's next event, or None once it has ended and every event has been taken."""
+    while events.empty():
+        if ended.is_set():
+            return None
+        getter = asyncio.ensure_future(events.get())
+        waiter = asyncio.ensure_future(ended.wait())
+        try:
+            await asyncio.wait((getter, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+    return events.get_nowait()
 
 
 def _turn_request(

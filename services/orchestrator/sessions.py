@@ -16,6 +16,7 @@ deletes a running turn's lock: turns of one user stay serialized across an erase
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
@@ -45,6 +46,8 @@ _FIRST_PAUSE_SECONDS: Final = 0.005
 _MAX_PAUSE_SECONDS: Final = 0.05
 # The fencing counter outlives any lock by far; it holds two numbers and nothing of the user.
 _FENCE_TTL_SECONDS: Final = 86_400.0
+# How long a turn that ends waits for its lock's release before leaving it to a task.
+_RELEASE_WAIT_SECONDS: Final = 0.1
 
 
 class LockTimeout(Exception):
@@ -74,6 +77,14 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Arrival:
+    """What a turn finds when it arrives, before it waits for the user's lock."""
+
+    answer: bytes | None  # the answer already committed for its request id
+    erasures: int  # how often the user had been erased by then
+
+
+@dataclass(frozen=True, slots=True)
 class Session:
     history: list[HistoryTurn]
     preferences: Preferences
@@ -86,6 +97,11 @@ class SessionStore(Protocol):
 
     async def cached_answer(self, user_id: str, request_id: str) -> bytes | None:
         """The answer committed for `request_id`, while it is kept."""
+        ...
+
+    async def arrive(self, user_id: str, request_id: str) -> Arrival:
+        """The answer for `request_id` (if any) and the user's erase count, in one round trip:
+        a turn whose user is erased while it waits for the lock can then tell."""
         ...
 
     async def commit_turn(
@@ -156,9 +172,15 @@ class _MemoryLock:
     holder: int = 0  # the holder's fencing token; 0 = free
     expires_at: float = 0.0
     released: asyncio.Event = field(default_factory=asyncio.Event)
-    # Fencing: bumped by every acquisition and every erase. Kept only while a turn holds or
-    # awaits the lock, which is the only time a lease exists to be checked against it.
-    fence: int = 0
+
+
+@dataclass(slots=True)
+class _Fence:
+    """A user's fencing token (bumped by every acquisition and every erase) and erase count.
+    Kept apart from the lock, which comes and goes: a lease may outlive its lock."""
+
+    token: int = 0
+    erasures: int = 0
 
 
 class MemorySessionStore:
@@ -189,8 +211,8 @@ class MemorySessionStore:
         self._clock = clock
         self._users: OrderedDict[str, _UserState] = OrderedDict()
         self._locks: dict[str, _MemoryLock] = {}
-        # How often each user was erased (the most recently erased `max_users` users).
-        self._erasures: OrderedDict[str, int] = OrderedDict()
+        # The fences of the `max_users` users who most recently locked or were erased.
+        self._fences: OrderedDict[str, _Fence] = OrderedDict()
 
     def __len__(self) -> int:
         """Users whose data is held (never more than `max_users`)."""
@@ -225,14 +247,17 @@ class MemorySessionStore:
         entry = state.answers.get(request_id)
         return None if entry is None else entry[1]
 
+    async def arrive(self, user_id: str, request_id: str) -> Arrival:
+        return Arrival(await self.cached_answer(user_id, request_id), self.erasures(user_id))
+
     async def commit_turn(
         self, lease: Lease, turn: HistoryTurn, *, answer: bytes, preferences: Preferences
     ) -> None:
         # Everything that can fail comes before the first change: no await, so nothing interleaves.
         user_id = lease.user_id
-        entry = self._locks.get(user_id)
-        if entry is None or entry.fence != lease.token:
-            raise LeaseLost(erased=self.erasures(user_id) != lease.erasures)
+        fence = self._fence(user_id)
+        if fence.token != lease.token:
+            raise LeaseLost(erased=fence.erasures != lease.erasures)
         size = len(encode_turn(turn))
         now = self._clock()
         state = self._live(user_id)
@@ -261,13 +286,9 @@ class MemorySessionStore:
     async def erase(self, user_id: str) -> int:
         # A held lock belongs to a running turn, which releases it; fencing keeps that turn
         # from committing anything now.
-        entry = self._locks.get(user_id)
-        if entry is not None:
-            entry.fence += 1
-        self._erasures[user_id] = self._erasures.get(user_id, 0) + 1
-        self._erasures.move_to_end(user_id)
-        while len(self._erasures) > self._max_users:
-            self._erasures.popitem(last=False)
+        fence = self._fence(user_id)
+        fence.token += 1
+        fence.erasures += 1
         state = self._users.pop(user_id, None)
         if state is None or state.expire(self._clock()):
             return 0
@@ -282,7 +303,7 @@ class MemorySessionStore:
             entry = self._locks[user_id] = _MemoryLock()
         entry.waiters += 1
         try:
-            token = await self._acquire(entry, wait_seconds, ttl_seconds)
+            token = await self._acquire(user_id, entry, wait_seconds, ttl_seconds)
             try:
                 yield Lease(user_id, token, self.erasures(user_id))
             finally:
@@ -295,13 +316,16 @@ class MemorySessionStore:
             if entry.waiters == 0:
                 del self._locks[user_id]
 
-    async def _acquire(self, entry: _MemoryLock, wait_seconds: float, ttl_seconds: float) -> int:
+    async def _acquire(
+        self, user_id: str, entry: _MemoryLock, wait_seconds: float, ttl_seconds: float
+    ) -> int:
         deadline = Deadline.after(wait_seconds)
         while True:
             now = self._clock()
             if not entry.holder or entry.expires_at <= now:
-                entry.fence += 1
-                entry.holder = entry.fence
+                fence = self._fence(user_id)
+                fence.token += 1
+                entry.holder = fence.token
                 entry.expires_at = now + ttl_seconds
                 entry.released.clear()
                 return entry.holder
@@ -314,9 +338,26 @@ class MemorySessionStore:
             except TimeoutError:
                 pass
 
+    def _fence(self, user_id: str) -> _Fence:
+        fence = self._fences.get(user_id)
+        if fence is None:
+            fence = self._fences[user_id] = _Fence()
+            for _ in range(len(self._fences)):
+                if len(self._fences) <= self._max_users:
+                    break
+                # The least recent; never one whose lock is held or awaited right now.
+                oldest = next(iter(self._fences))
+                if oldest in self._locks:
+                    self._fences.move_to_end(oldest)
+                else:
+                    del self._fences[oldest]
+        self._fences.move_to_end(user_id)
+        return fence
+
     def erasures(self, user_id: str) -> int:
         """How often the user was erased: the usage ledger's epoch for them."""
-        return self._erasures.get(user_id, 0)
+        fence = self._fences.get(user_id)
+        return 0 if fence is None else fence.erasures
 
     async def aclose(self) -> None:
         return None
@@ -432,10 +473,12 @@ redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
 return {token, tonumber(redis.call('HGET', KEYS[2], 'erasures') or '0')}
 """
 
-# KEYS: lock. ARGV: owner:token. Compare-and-delete: an expired holder never removes its
-# successor's lock.
+# KEYS: lock. ARGV: owner. Compare-and-delete: an expired holder never removes its successor's
+# lock. By owner, not token, so that an acquire whose reply never arrived (its caller was
+# cancelled) can still be undone.
 _RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local held = redis.call('GET', KEYS[1])
+if held and string.match(held, '^(%x+):') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -478,6 +521,7 @@ class RedisSessionStore:
         self._erase = client.register_script(_ERASE_LUA)
         self._acquire = client.register_script(_ACQUIRE_LUA)
         self._release = client.register_script(_RELEASE_LUA)
+        self._releases: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def _answer_key(user_id: str, request_id: str) -> str:
@@ -499,6 +543,16 @@ class RedisSessionStore:
             return None
         value = await self._client.get(self._answer_key(user_id, request_id))
         return value if isinstance(value, bytes) else None
+
+    async def arrive(self, user_id: str, request_id: str) -> Arrival:
+        fence = keys.user_key(user_id, "fence")
+        if not request_id:
+            return Arrival(None, int(await self._client.hget(fence, "erasures") or 0))
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.get(self._answer_key(user_id, request_id))
+            pipe.hget(fence, "erasures")
+            answer, erasures = await pipe.execute()
+        return Arrival(answer if isinstance(answer, bytes) else None, int(erasures or 0))
 
     async def commit_turn(
         self, lease: Lease, turn: HistoryTurn, *, answer: bytes, preferences: Preferences
@@ -554,29 +608,47 @@ class RedisSessionStore:
         args: list[str | int] = [owner, _millis(ttl_seconds), self._fence_ttl_ms]
         deadline = Deadline.after(wait_seconds)
         pause = _FIRST_PAUSE_SECONDS
-        while True:
-            token, erasures = await self._acquire(keys=[key, fence], args=args)
-            if int(token):
-                break
-            remaining = deadline.remaining()
-            if remaining <= 0:
-                raise LockTimeout(f"the user's lock was busy for {wait_seconds:.3f} s")
-            jittered = random.uniform(pause / 2, pause)  # noqa: S311 - spreads retries, not a secret
-            await asyncio.sleep(min(remaining, jittered))
-            pause = min(pause * 2, _MAX_PAUSE_SECONDS)
+        try:
+            while True:
+                token, erasures = await self._acquire(keys=[key, fence], args=args)
+                if int(token):
+                    break
+                remaining = deadline.remaining()
+                if remaining <= 0:
+                    raise LockTimeout(f"the user's lock was busy for {wait_seconds:.3f} s")
+                jittered = random.uniform(pause / 2, pause)  # noqa: S311 - spreads retries
+                await asyncio.sleep(min(remaining, jittered))
+                pause = min(pause * 2, _MAX_PAUSE_SECONDS)
+        except BaseException:
+            # Cancelled or failed with an acquire in flight: Redis may have run it. Undo it,
+            # in a task of its own, so the user is not locked out until the TTL.
+            await self._release_soon(key, owner)
+            raise
         try:
             yield Lease(user_id, int(token), int(erasures))
         finally:
-            try:
-                await self._release(keys=[key], args=[f"{owner}:{int(token)}"])
-            except (RedisError, OSError) as exc:
-                # The lock lapses by its TTL; the turn's own outcome must not be masked.
-                logger.warning(
-                    "releasing a user's lock failed", extra={"error": type(exc).__name__}
-                )
+            await self._release_soon(key, owner)
+
+    async def _release_soon(self, key: str, owner: str) -> None:
+        """Release the lock; wait a moment for it, no more (the caller may be past its
+        deadline, or Redis away: the lock then lapses by its TTL, or is released later)."""
+        task = asyncio.get_running_loop().create_task(self._release_owned(key, owner))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_RELEASE_WAIT_SECONDS):
+                await asyncio.shield(task)
+
+    async def _release_owned(self, key: str, owner: str) -> None:
+        try:
+            await self._release(keys=[key], args=[owner])
+        except (RedisError, OSError) as exc:
+            # The lock lapses by its TTL; the turn's own outcome must not be masked.
+            logger.warning("releasing a user's lock failed", extra={"error": type(exc).__name__})
 
     async def aclose(self) -> None:
-        return None
+        if self._releases:
+            await asyncio.wait(set(self._releases), timeout=_RELEASE_WAIT_SECONDS * 4)
 
 
 def _decoded(items: list[bytes]) -> list[HistoryTurn]:

@@ -226,8 +226,11 @@ class Ledger(Protocol):
         """Give the hold back: the call was not made or got no answer."""
         ...
 
-    async def count_turn(self, account: Account, *, tts_characters: int, now: datetime) -> None:
-        """Count one committed turn (and the speech it synthesized)."""
+    async def count_turn(
+        self, account: Account, *, tts_characters: int, epoch: int, now: datetime
+    ) -> None:
+        """Count one committed turn (and the speech it synthesized); for the user only while
+        they have not been erased since `epoch`."""
         ...
 
     async def report(self, user_id: str, now: datetime) -> UsageReport: ...
@@ -407,10 +410,15 @@ class MemoryLedger:
     async def release(self, reservation: Reservation) -> None:
         self._unhold(reservation)
 
-    async def count_turn(self, account: Account, *, tts_characters: int, now: datetime) -> None:
+    async def count_turn(
+        self, account: Account, *, tts_characters: int, epoch: int, now: datetime
+    ) -> None:
         day, month = _periods(now)
         increments = _increments(Usage(), turns=1, tts_characters=tts_characters)
-        for books, _ in self._scopes(account):
+        erased_since = self._erasures(account.user_id) != epoch
+        for index, (books, _) in enumerate(self._scopes(account)):
+            if index == 0 and erased_since:
+                continue
             books.day.add(day, increments)
             books.month.add(month, increments)
 
@@ -583,6 +591,7 @@ class RedisLedger:
         self._client = client
         self._limits = budgets.nanos()
         self._reserve = client.register_script(_RESERVE_LUA)
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._record = client.register_script(_RECORD_LUA)
         self._ttls_ms = (_ms(day_ttl), _ms(month_ttl))
 
@@ -650,9 +659,18 @@ class RedisLedger:
                 script_keys.append(keys.index)
             ttl = self._ttls_ms[0] if keys.daily else self._ttls_ms[1]
             calls.append((self._reserve, script_keys, [limit, amount_nanos, hold_id, hold_ms, ttl]))
-        results = await self._scripts(calls)
-        held = [int(result) for result in results]
         reservation = Reservation(account, hold_id, amount_nanos, day, month, epoch)
+        try:
+            results = await self._scripts(calls)
+        except BaseException:
+            # Cancelled or failed with the holds in flight: Redis may have taken them. Give
+            # them back in a task of its own (a release of holds never taken changes nothing).
+            if amount_nanos:
+                task = asyncio.get_running_loop().create_task(self._release_quietly(reservation))
+                self._cleanups.add(task)
+                task.add_done_callback(self._cleanups.discard)
+            raise
+        held = [int(result) for result in results]
         if all(held):
             return reservation
         refused = SCOPES[held.index(0)]
@@ -660,8 +678,22 @@ class RedisLedger:
             await self.release(reservation)  # removes the holds that were taken, only those
         raise BudgetSpent(refused)
 
+    async def _release_quietly(self, reservation: Reservation) -> None:
+        try:
+            await self.release(reservation)
+        except (RedisError, OSError) as exc:
+            # The holds lapse by themselves after hold_seconds.
+            logger.warning("giving back a budget hold failed", extra={"error": type(exc).__name__})
+
     async def _record_all(
-        self, reservation: Reservation | None, account: Account, day: str, month: str, incr: Counts
+        self,
+        reservation: Reservation | None,
+        account: Account,
+        day: str,
+        month: str,
+        incr: Counts,
+        *,
+        epoch: int | None = None,
     ) -> None:
         calls: list[_ScriptCall] = []
         # Only a settle of a reservation needs the marker that makes it count once.
@@ -670,17 +702,19 @@ class RedisLedger:
         for keys in self._keys(account, day, month):
             marker = keys.settled(hold_id) if marked else keys.day
             script_keys = [keys.day, keys.month, keys.holds, marker]
-            epoch = ""
+            expected = ""
             if keys.epoch:
                 script_keys += [keys.epoch, keys.index]
                 if reservation is not None:
-                    epoch = str(reservation.user_epoch)
+                    expected = str(reservation.user_epoch)
+                elif epoch is not None:
+                    expected = str(epoch)
             member = reservation.member if reservation is not None else ""
             args: list[str | int] = [
                 *self._ttls_ms,
                 member,
                 1 if keys.daily else 2,
-                epoch,
+                expected,
                 _SETTLED_TTL_MS if marked else 0,
                 *incr,
             ]
@@ -697,10 +731,12 @@ class RedisLedger:
             reservation, reservation.account, reservation.day, reservation.month, _ZERO
         )
 
-    async def count_turn(self, account: Account, *, tts_characters: int, now: datetime) -> None:
+    async def count_turn(
+        self, account: Account, *, tts_characters: int, epoch: int, now: datetime
+    ) -> None:
         day, month = _periods(now)
         increments = _increments(Usage(), turns=1, tts_characters=tts_characters)
-        await self._record_all(None, account, day, month, increments)
+        await self._record_all(None, account, day, month, increments, epoch=epoch)
 
     async def report(self, user_id: str, now: datetime) -> UsageReport:
         day, month = _periods(now)
