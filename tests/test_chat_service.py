@@ -397,3 +397,26 @@ def test_cli_chats_and_shows_tools_emotion_usage_and_errors(planner: Suite) -> N
     assert "today: 1 turns" in out
     assert "error: INVALID_ARGUMENT: message" in out
     assert "today: 0 turns" in out
+
+
+def test_stream_chat_streams_the_llms_text_as_it_is_written(with_llm: Suite) -> None:
+    suite = with_llm
+    assert suite.llm is not None
+    five = "こんにちは。今日は晴れだね。散歩にいい日だよ。お水を忘れないで。またねにゃん。"
+    suite.llm.enqueue(Reply(content=five, stream_piece_chars=2, stream_piece_delay_seconds=0.05))
+    request = chat_pb2.StreamChatRequest(
+        user_id="u-live", message="今日はどう？", include_audio=True
+    )
+    arrivals: list[tuple[str, float]] = []
+    for event in suite.stub.StreamChat(request, metadata=AUTH, timeout=20):
+        arrivals.append((event.WhichOneof("event") or "", time.monotonic()))
+        if event.WhichOneof("event") == "final":
+            final = event.final
+    sent = [when for kind, when in arrivals if kind == "text_delta"]
+    assert len(sent) == 5
+    # The text came sentence by sentence over the LLM's ~2 s of writing, not all at its end.
+    assert sent[-1] - sent[0] > 0.8
+    assert final.reply == five
+    assert suite.llm.requests[0].body["stream"] is True
+    # No SpeechService runs here: the text is answered, the speech said to have fallen back.
+    assert "speech" in final.degraded

@@ -26,6 +26,7 @@ from services.orchestrator.llm import (
     LlmUnavailable,
     MaxTokensParameter,
     OpenAIChat,
+    StopStream,
     _retry_after_seconds,
     estimate_prompt_tokens,
     is_request_error,
@@ -757,3 +758,93 @@ async def test_fake_streams_text_tool_calls_and_usage(upstream: FakeOpenAI) -> N
     assert json.loads("".join(arguments)) == {"location": "東京"}
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens) == (30, 12)
+
+
+# -- streaming -----------------------------------------------------------------------------------
+
+
+class Heard:
+    """An `on_text` that keeps what it was given, and can stop the stream after `stop_after`."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.pieces: list[str] = []
+        self._stop_after = stop_after
+
+    async def __call__(self, piece: str) -> None:
+        self.pieces.append(piece)
+        if self._stop_after is not None and len(self.pieces) >= self._stop_after:
+            raise StopStream
+
+
+async def test_a_stream_hands_out_its_text_as_it_comes_and_reports_usage(
+    upstream: FakeOpenAI, llm: OpenAIChat
+) -> None:
+    upstream.enqueue(Reply(content="こんにちは。元気だにゃん。", stream_piece_chars=3))
+    heard = Heard()
+    reply = await llm.stream(request(), timeout_seconds=5, on_text=heard)
+    assert reply.content == "こんにちは。元気だにゃん。"
+    assert heard.pieces == ["こんに", "ちは。", "元気だ", "にゃん", "。"]
+    assert (reply.prompt_tokens, reply.completion_tokens) == (11, 7)
+    assert reply.usage_reported
+    assert not reply.stopped
+    body = upstream.requests[0].body
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["max_tokens"] == MAX_TOKENS
+
+
+async def test_a_streamed_tool_call_is_put_together_from_its_pieces(
+    upstream: FakeOpenAI, llm: OpenAIChat
+) -> None:
+    upstream.enqueue(
+        Reply(
+            tool_calls=[
+                {"id": "c1", "name": "get_weather", "arguments": {"place": "大阪"}},
+                {"id": "c1", "name": "calculate", "arguments": {"expression": "6*7"}},
+            ],
+            stream_piece_chars=2,
+        )
+    )
+    reply = await llm.stream(request(), timeout_seconds=5, on_text=Heard())
+    assert [c.name for c in reply.tool_calls] == ["get_weather", "calculate"]
+    assert json.loads(reply.tool_calls[0].arguments) == {"place": "大阪"}
+    assert json.loads(reply.tool_calls[1].arguments) == {"expression": "6*7"}
+    assert len({c.id for c in reply.tool_calls}) == 2  # a repeated id is made unique
+    assert reply.content == ""
+
+
+async def test_a_stream_stopped_by_its_listener_ends_at_once_without_usage(
+    upstream: FakeOpenAI, llm: OpenAIChat
+) -> None:
+    upstream.enqueue(Reply(content="long " * 200, stream_piece_chars=5))
+    heard = Heard(stop_after=2)
+    reply = await llm.stream(request(), timeout_seconds=5, on_text=heard)
+    assert reply.stopped
+    assert reply.content == "long long "
+    assert not reply.usage_reported
+    assert reply.tool_calls == []
+
+
+async def test_a_stream_is_retried_only_before_its_first_chunk(
+    upstream: FakeOpenAI, llm: OpenAIChat, quick_backoff: None
+) -> None:
+    upstream.enqueue(Reply.error(503), Reply(content="二回目だにゃん"))
+    heard = Heard()
+    reply = await llm.stream(request(), timeout_seconds=5, on_text=heard)
+    assert reply.content == "二回目だにゃん"
+    assert "".join(heard.pieces) == "二回目だにゃん"
+    assert len(upstream.requests) == 2
+
+
+async def test_a_stream_that_stalls_times_out_within_its_budget(
+    upstream: FakeOpenAI, llm: OpenAIChat
+) -> None:
+    upstream.enqueue(
+        Reply(content="ゆっくり" * 50, stream_piece_chars=1, stream_piece_delay_seconds=0.2)
+    )
+    heard = Heard()
+    started = time.monotonic()
+    with pytest.raises(LlmTimeout):
+        await llm.stream(request(), timeout_seconds=0.5, on_text=heard)
+    assert time.monotonic() - started < 2.0
+    assert 0 < len(heard.pieces) < 10

@@ -476,7 +476,7 @@ async def test_an_unreachable_redis_is_unavailable_with_a_plain_message() -> Non
 
 async def test_streamed_events_name_every_tool_call_once() -> None:
     async with harness(llm=False) as h:
-        await h.chat("今何時？それと運勢！")
+        await h.chat("今何時？それと運勢！", streaming=True)
     started = [e.call.name for e in h.events if isinstance(e, ToolStarted)]
     assert started == ["get_time", "get_fortune"]
 

@@ -599,7 +599,7 @@ async def speaking(h: Harness, chunks: list[bytes]) -> AsyncIterator[Agent]:
     [[b"not a wav at all"], [_wav(100), b"RIFF\x00\x00\x00\x00WAVE"]],
     ids=["garbage", "header-only"],
 )
-async def test_speech_that_is_not_wav_degrades_tts_instead_of_failing_the_turn(
+async def test_speech_that_is_not_wav_degrades_speech_instead_of_failing_the_turn(
     chunks: list[bytes],
 ) -> None:
     async with (
@@ -610,7 +610,7 @@ async def test_speech_that_is_not_wav_degrades_tts_instead_of_failing_the_turn(
             TurnRequest(user_id="u", message="こんにちは", include_audio=True, caller="b"),
             deadline=Deadline.after(5),
         )
-    assert "tts" in result.degraded
+    assert "speech" in result.degraded
     assert result.reply == "はいにゃん。またねにゃん。"
 
 

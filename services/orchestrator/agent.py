@@ -21,8 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -42,9 +41,7 @@ from services.orchestrator import metrics, persona, planner
 from services.orchestrator.clients import (
     EmotionClient,
     SpeechClient,
-    SpeechUnavailable,
     ToolRunner,
-    join_wavs,
 )
 from services.orchestrator.codec import decode_answer, encode_answer, fingerprint
 from services.orchestrator.config import OrchestratorSettings
@@ -59,14 +56,12 @@ from services.orchestrator.llm import (
 )
 from services.orchestrator.model import (
     AssistantMessage,
-    AudioPiece,
     Emit,
     Emotion,
     HistoryTurn,
     Message,
     Preferences,
     SystemMessage,
-    TextDelta,
     ToolCallRequest,
     ToolFinished,
     ToolOutcome,
@@ -97,6 +92,7 @@ from services.orchestrator.usage import (
     Usage,
 )
 from services.orchestrator.validation import check_turn
+from services.orchestrator.voice import Speaker, StreamRefused, Voice
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +115,6 @@ _LOCK_GRACE_SECONDS: Final = 5.0
 _HOLD_GRACE_SECONDS: Final = 60.0
 # OpenAI's limit on a function name; longer names are no tool of ours.
 _MAX_ECHOED_NAME: Final = 64
-_SENTENCE_END: Final = re.compile(r"(?<=[。！？!?\.…])\s*")
 
 
 # -- how a turn can end other than with an answer -------------------------------------------
@@ -197,6 +192,8 @@ class _Turn:
     model: str = LOCAL_MODEL
     degraded: list[str] = field(default_factory=list)
     settlements: list[asyncio.Task[None]] = field(default_factory=list)
+    voice: Voice | None = None  # what the caller hears while the reply is written
+    tts_characters: int = 0
 
     def degrade(self, part: str) -> None:
         if part not in self.degraded:
@@ -372,16 +369,23 @@ class Agent:
             history=session.history,
             places=self._parts.places,
         )
+        if emit is not None or request.include_audio:
+            # Someone listens as the reply is written: it is said while the LLM writes it.
+            turn.voice = self._voice(turn)
         emotion_task = asyncio.create_task(
             self._parts.emotion.analyze(request.message, language, deadline=deadline)
         )
         try:
             reply = await self._answer(turn, emotion_task)
             emotion = await self._emotion(turn, emotion_task)
+            audio = b""
+            if turn.voice is not None and turn.voice.speaker is not None:
+                audio = await turn.voice.speaker.finish()
+                turn.tts_characters = turn.voice.speaker.characters if audio else 0
         finally:
             emotion_task.cancel()
-        await self._stream_text(turn, reply)
-        audio = await self._speak(turn, reply) if request.include_audio else b""
+            if turn.voice is not None and turn.voice.speaker is not None:
+                turn.voice.speaker.cancel()
         result = TurnResult(
             reply=reply,
             language=language,
@@ -390,7 +394,7 @@ class Agent:
             usage=TurnUsage(
                 prompt_tokens=turn.usage.prompt_tokens,
                 completion_tokens=turn.usage.completion_tokens,
-                tts_characters=len(reply) if audio else 0,
+                tts_characters=turn.tts_characters,
                 cost_usd=turn.usage.cost_usd,
                 model=turn.model,
             ),
@@ -483,6 +487,7 @@ class Agent:
 
     async def _answer(self, turn: _Turn, emotion_task: asyncio.Task[Emotion | None]) -> str:
         llm = self._parts.llm
+        voice = turn.voice
         if llm is not None:
             try:
                 return await self._llm_answer(turn, llm, emotion_task)
@@ -494,7 +499,21 @@ class Agent:
             except LlmError as exc:
                 logger.info("LLM failed; the local planner answers", extra={"error": str(exc)})
                 turn.degrade("llm")
-        return await self._planner_answer(turn, emotion_task)
+            if voice is not None and voice.started:
+                # Part of the reply was said already: it is finished, not contradicted.
+                await voice.close()
+                return voice.text
+        return await self._said(turn, await self._planner_answer(turn, emotion_task))
+
+    async def _said(self, turn: _Turn, reply: str) -> str:
+        """A reply written whole (the planner's, a repair, a refusal), said to whoever listens;
+        what was said is the reply."""
+        voice = turn.voice
+        if voice is None:
+            return reply
+        await voice.say_all(reply)
+        await voice.close()
+        return voice.text
 
     async def _planner_answer(self, turn: _Turn, emotion_task: asyncio.Task[Emotion | None]) -> str:
         calls = [
@@ -542,13 +561,18 @@ class Agent:
         messages.append(UserMessage(turn.request.message))
         specs = tuple(self._specs.values())
         rounds = self._settings.max_tool_rounds
+        voice = turn.voice
         reply: LlmReply | None = None
         for round_number in range(rounds + 1):
             offer = specs if round_number < rounds else ()
+            if voice is not None:
+                voice.listen(prompt)
             reply = await self._complete(turn, llm, messages, offer)
-            if not reply.tool_calls or not offer:
-                # Done, or asking for tools it was not offered: the rounds are spent.
+            if reply.stopped or not reply.tool_calls or not offer:
+                # Done, stopped by the persona, or asking for tools it was not offered.
                 break
+            if voice is not None and await _ended(voice, reply):
+                break  # what it said before its tool calls broke the persona
             outcomes = await self._run_tools(turn, reply.tool_calls)
             messages.append(AssistantMessage(reply.content, tuple(map(_echo, reply.tool_calls))))
             messages.extend(ToolResultMessage(o.call.id, o.result) for o in outcomes)
@@ -557,11 +581,57 @@ class Agent:
                 if emotion is not None and emotion.dominant != "neutral":
                     messages.append(SystemMessage(persona.emotion_hint(emotion.dominant)))
         assert reply is not None
+        if voice is not None:
+            return await self._spoken(turn, llm, messages, prompt, reply, emotion_task)
         text = reply.content.strip()
         if reply.tool_calls and not text:
             # Still asking for tools after the last round: answer from what the tools said.
             return await self._compose(turn, emotion_task)
         return await self._guard(turn, llm, messages, prompt, text, emotion_task)
+
+    async def _spoken(
+        self,
+        turn: _Turn,
+        llm: Llm,
+        messages: list[Message],
+        prompt: str,
+        reply: LlmReply,
+        emotion_task: asyncio.Task[Emotion | None],
+    ) -> str:
+        """The end of a reply said as it was written (see voice.py): the persona was held
+        sentence by sentence; a first sentence in the wrong language gets one corrective retry,
+        streamed too, before anything is said; what cannot be said is answered by the planner."""
+        voice = turn.voice
+        assert voice is not None
+        problem = await _ended(voice, reply)
+        if problem == "wrong_language":
+            config = self._persona
+            retry = [
+                *messages,
+                AssistantMessage(reply.content),
+                SystemMessage(
+                    persona.corrective_instruction(
+                        [persona.Problem.WRONG_LANGUAGE], turn.language, config
+                    )
+                ),
+            ]
+            voice.listen(prompt)
+            try:
+                problem = await _ended(voice, await self._complete(turn, llm, retry, ()))
+            except (LlmError, CircuitOpen, BudgetSpent):
+                problem = "failed"
+            if voice.started:
+                metrics.PERSONA.labels("retried").inc()
+        if not voice.started:
+            if problem == "echo":
+                metrics.PERSONA.labels("refused").inc()
+                return await self._said(turn, persona.refusal(turn.language, self._persona))
+            # Nothing could be said (a wrong language twice, no text, only tool calls).
+            metrics.PERSONA.labels("repaired").inc()
+            return await self._said(turn, await self._compose(turn, emotion_task))
+        metrics.PERSONA.labels("refused" if problem == "echo" else "ok").inc()
+        await voice.close()
+        return voice.text
 
     async def _guard(
         self,
@@ -624,9 +694,15 @@ class Agent:
             hold_seconds=budget.seconds + _HOLD_GRACE_SECONDS,
             now=self._parts.wall_clock(),
         )
+        voice = turn.voice
         try:
             with self._parts.llm_breaker.calling(budget):
-                reply = await llm.complete(request, timeout_seconds=budget.seconds)
+                if voice is None:
+                    reply = await llm.complete(request, timeout_seconds=budget.seconds)
+                else:
+                    reply = await llm.stream(
+                        request, timeout_seconds=budget.seconds, on_text=voice.hear
+                    )
         except (asyncio.CancelledError, LlmTimeout):
             # Sent and abandoned: the provider may well bill the prompt; so do we.
             abandoned = Usage(cost_nanos=self._prices.cost_nanos(model, estimate, 0))
@@ -636,7 +712,7 @@ class Agent:
             self._bookkeeper.release(reservation)
             raise
         # Before anything else can be awaited (and cancelled): the money is counted now.
-        usage = self._prices.usage(reply.model, reply.prompt_tokens, reply.completion_tokens)
+        usage = self._usage_of(reply, estimate)
         turn.model = reply.model
         self._settle(turn, reservation, usage)
         if reply.truncated:
@@ -646,6 +722,29 @@ class Agent:
         metrics.TOKENS.labels(model, "prompt").inc(reply.prompt_tokens)
         metrics.TOKENS.labels(model, "completion").inc(reply.completion_tokens)
         return reply
+
+    def _usage_of(self, reply: LlmReply, prompt_estimate: int) -> Usage:
+        if reply.usage_reported:
+            return self._prices.usage(reply.model, reply.prompt_tokens, reply.completion_tokens)
+        # A stream stopped early (or a provider that says nothing of tokens): what it must have
+        # cost at most, the prompt's estimate and the text it wrote.
+        completion = _TOKENS_OF_TEXT(reply.content) + sum(
+            _TOKENS_OF_TEXT(call.arguments) for call in reply.tool_calls
+        )
+        return self._prices.usage(self._settings.llm_model, prompt_estimate, completion)
+
+    def _voice(self, turn: _Turn) -> Voice:
+        speaker = None
+        if turn.request.include_audio:
+            speaker = Speaker(
+                self._parts.speech,
+                turn.language,
+                deadline=turn.deadline,
+                reserve=_COMMIT_RESERVE_SECONDS,
+                emit=turn.emit,
+                on_failure=lambda: turn.degrade("speech"),
+            )
+        return Voice(turn.language, self._persona, emit=turn.emit, speaker=speaker)
 
     def _settle(self, turn: _Turn, reservation: Reservation, usage: Usage) -> None:
         turn.settlements.append(self._bookkeeper.settle(reservation, usage))
@@ -710,35 +809,24 @@ class Agent:
             turn.language, self._persona, timezone=turn.timezone, local_time=now
         )
 
-    # -- delivering the reply ---------------------------------------------------------------
-
-    async def _stream_text(self, turn: _Turn, reply: str) -> None:
-        for sentence in split_sentences(reply):
-            await turn.emit(TextDelta(sentence))
-
-    async def _speak(self, turn: _Turn, reply: str) -> bytes:
-        """Speech for the reply, streamed per sentence to `emit` as it is synthesized and joined
-        for the unary answer; empty, and the turn degraded, when the speech service fails."""
-        pieces: list[bytes] = []
-        try:
-            chunks: AsyncIterator[Any] = self._parts.speech.stream(
-                reply, turn.language, deadline=turn.deadline, reserve=_COMMIT_RESERVE_SECONDS
-            )
-            async for chunk in chunks:
-                await turn.emit(AudioPiece(chunk.sequence, chunk.text, chunk.wav))
-                pieces.append(chunk.wav)
-            return join_wavs(pieces) if pieces else b""
-        except SpeechUnavailable as exc:
-            logger.info("speech unavailable", extra={"error": str(exc)})
-            turn.degrade("tts")
-            return b""
-
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def split_sentences(text: str) -> list[str]:
-    return [part for part in _SENTENCE_END.split(text) if part]
+async def _ended(voice: Voice, reply: LlmReply) -> str:
+    """The end of a streamed reply said: the problem that stopped it, or ""."""
+    if reply.stopped:
+        return voice.refusal
+    try:
+        await voice.end()
+    except StreamRefused as refused:
+        return refused.problem
+    return ""
+
+
+def _TOKENS_OF_TEXT(text: str) -> int:
+    """At most this many tokens wrote `text` (the prompt estimate's rule: two bytes a token)."""
+    return (len(text.encode("utf-8", "surrogatepass")) + 1) // 2
 
 
 def _json(value: Any) -> str:

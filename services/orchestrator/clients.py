@@ -13,7 +13,7 @@ import io
 import logging
 import time
 import wave
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -248,9 +248,9 @@ class EmotionClient:
 
 @dataclass(frozen=True, slots=True)
 class SpeechChunk:
-    sequence: int
     text: str
     wav: bytes
+    characters: int  # of the text, synthesized (what speech costs are counted by)
 
 
 class SpeechUnavailable(Exception):
@@ -258,7 +258,8 @@ class SpeechUnavailable(Exception):
 
 
 class SpeechClient:
-    """Speech from SpeechService, sentence by sentence."""
+    """Speech from SpeechService, one sentence at a time (the turn sends each sentence as soon
+    as it is complete, so the first audio comes while the LLM still writes)."""
 
     def __init__(
         self, channel: grpc.aio.Channel, breaker: Breaker, *, timeout_seconds: float
@@ -267,14 +268,15 @@ class SpeechClient:
         self._timeout = timeout_seconds
         self._stub = speech_pb2_grpc.SpeechServiceStub(channel)
 
-    async def stream(
+    async def synthesize(
         self, text: str, language: str, *, deadline: Deadline, reserve: float = 0.0
-    ) -> AsyncIterator[SpeechChunk]:
-        """Chunks as they are synthesized, each a WAV file in the format of the first; raises
+    ) -> list[SpeechChunk]:
+        """The sentence's audio, each piece a WAV file in the format of the first; raises
         SpeechUnavailable when the service fails or sends audio that cannot be played."""
         budget = deadline.budget(self._timeout, reserve=reserve)
         if not budget.usable:
             raise SpeechUnavailable("no time left for speech")
+        pieces: list[SpeechChunk] = []
         try:
             with self._breaker.calling(budget):
                 call = self._stub.Synthesize(
@@ -288,9 +290,16 @@ class SpeechClient:
                         first = first or params
                         if params != first:
                             raise SpeechUnavailable("speech came back in changing audio formats")
-                        yield SpeechChunk(chunk.sequence, chunk.text[:2000], chunk.audio_wav)
+                        pieces.append(
+                            SpeechChunk(
+                                chunk.text[:2000],
+                                chunk.audio_wav,
+                                max(0, min(int(chunk.characters) or len(chunk.text), len(text))),
+                            )
+                        )
         except (CircuitOpen, grpc.aio.AioRpcError) as exc:
             raise SpeechUnavailable(type(exc).__name__) from exc
+        return pieces
 
 
 def _wav_params(data: bytes) -> tuple[int, int, int]:

@@ -21,15 +21,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, cast
 
 import httpx
 import openai
-from openai.types.chat import (
-    ChatCompletion,
-)
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from services.common.deadline import Deadline
 from services.orchestrator.model import (
@@ -75,6 +73,18 @@ class LlmReply:
     completion_tokens: int
     model: str
     truncated: bool = False  # the provider stopped at max_tokens
+    # False when the provider said nothing of the tokens (a stream stopped early, or a provider
+    # that omits usage): the caller then estimates them.
+    usage_reported: bool = True
+    stopped: bool = False  # a streamed reply the caller stopped (StopStream) before its end
+
+
+OnText = Callable[[str], Awaitable[None]]
+
+
+class StopStream(Exception):
+    """Raised by a stream's `on_text`: the rest of the reply is not wanted. The stream ends and
+    its reply, as far as it came, is returned with `stopped` set."""
 
 
 def estimate_prompt_tokens(request: LlmRequest) -> int:
@@ -135,6 +145,13 @@ class LlmTimeout(LlmError):
 class Llm(Protocol):
     async def complete(self, request: LlmRequest, *, timeout_seconds: float) -> LlmReply: ...
 
+    async def stream(
+        self, request: LlmRequest, *, timeout_seconds: float, on_text: OnText
+    ) -> LlmReply:
+        """The completion streamed: `on_text` gets the reply's text as it arrives (and may stop
+        it with StopStream); the whole reply, tool calls assembled, is returned at the end."""
+        ...
+
 
 class OpenAIChat:
     """Chat completions through one long-lived `openai.AsyncOpenAI` client."""
@@ -178,6 +195,21 @@ class OpenAIChat:
             raise LlmTimeout(f"LLM gave no answer within {timeout_seconds:.3g}s") from exc
         return _reply_from(completion, self._model)
 
+    async def stream(
+        self, request: LlmRequest, *, timeout_seconds: float, on_text: OnText
+    ) -> LlmReply:
+        deadline = Deadline.after(timeout_seconds)
+        body = self._body(request)
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        try:
+            async with deadline.timeout():
+                # Retries happen before the first chunk only: nothing has been said yet.
+                chunks = await self._create_with_retries(body, deadline, stream=True)
+                return await _read_stream(chunks, on_text, self._model)
+        except TimeoutError as exc:
+            raise LlmTimeout(f"LLM gave no answer within {timeout_seconds:.3g}s") from exc
+
     async def aclose(self) -> None:
         # An injected HTTP client belongs to whoever made it.
         if self._owns_http_client:
@@ -197,8 +229,8 @@ class OpenAIChat:
         return body
 
     async def _create_with_retries(
-        self, body: dict[str, Any], deadline: Deadline
-    ) -> ChatCompletion:
+        self, body: dict[str, Any], deadline: Deadline, *, stream: bool = False
+    ) -> Any:
         failure: openai.APIError
         delay: float
         for attempt in range(self._max_retries + 1):
@@ -208,7 +240,7 @@ class OpenAIChat:
             last = attempt == self._max_retries
             attempt_timeout = remaining if last else remaining * ATTEMPT_BUDGET_SHARE
             try:
-                return await self._create(body, attempt_timeout)
+                return await self._create(body, attempt_timeout, stream=stream)
             except openai.APITimeoutError as exc:
                 if last or deadline.expired():
                     raise TimeoutError from exc
@@ -243,11 +275,22 @@ class OpenAIChat:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
-    async def _create(self, body: dict[str, Any], attempt_seconds: float) -> ChatCompletion:
+    async def _create(
+        self, body: dict[str, Any], attempt_seconds: float, *, stream: bool = False
+    ) -> Any:
         # The client's generic `post` (its documented way to send a body as it is) instead of
         # `chat.completions.create`: our messages and tool schemas are plain JSON already, and
         # create() walks them through its TypedDict transformer on every call, about a quarter
         # of a turn's CPU.
+        if stream:
+            return await self.client.post(
+                "/chat/completions",
+                cast_to=ChatCompletion,
+                body=body,
+                options={"timeout": attempt_seconds},
+                stream=True,
+                stream_cls=openai.AsyncStream[ChatCompletionChunk],
+            )
         return await self.client.post(
             "/chat/completions",
             cast_to=ChatCompletion,
@@ -380,6 +423,114 @@ def _reply_from(completion: object, configured_model: str) -> LlmReply:
         model=model[:_MAX_MODEL_CHARS] if isinstance(model, str) and model else configured_model,
         truncated=getattr(choices[0], "finish_reason", None) == "length",
     )
+
+
+# A streamed reply is read this far at most, whatever the provider keeps sending.
+_MAX_STREAMED_CHARS: Final = 100_000
+_MAX_STREAMED_CALLS: Final = 256
+
+
+@dataclass
+class _StreamedCall:
+    id: object = None
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+    size: int = 0
+
+
+async def _read_stream(chunks: Any, on_text: OnText, configured_model: str) -> LlmReply:
+    """The streamed chunks as one reply: text handed to `on_text` as it comes, tool calls put
+    together from their pieces, usage from the last chunk. Nothing in a chunk is trusted."""
+    text: list[str] = []
+    size = 0
+    calls: dict[int, _StreamedCall] = {}
+    usage: object = None
+    model: object = None
+    finish: object = None
+    stopped = False
+    try:
+        async for chunk in _aiter(chunks):
+            model = getattr(chunk, "model", None) or model
+            usage = getattr(chunk, "usage", None) or usage
+            choices = getattr(chunk, "choices", None)
+            if not isinstance(choices, list) or not choices:
+                continue
+            choice = choices[0]
+            finish = getattr(choice, "finish_reason", None) or finish
+            delta = getattr(choice, "delta", None)
+            piece = getattr(delta, "content", None)
+            if isinstance(piece, str) and piece and size < _MAX_STREAMED_CHARS:
+                piece = piece[: _MAX_STREAMED_CHARS - size]
+                size += len(piece)
+                text.append(piece)
+                await on_text(piece)
+            for part in getattr(delta, "tool_calls", None) or ():
+                _add_call_piece(calls, part)
+    except StopStream:
+        stopped = True
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            await close()
+    taken: set[str] = set()
+    assembled = [
+        _tool_call(_AssembledCall(c), index, taken)
+        for index, c in enumerate(calls[i] for i in sorted(calls))
+    ]
+    return LlmReply(
+        content="".join(text),
+        tool_calls=[] if stopped else [call for call in assembled if call is not None],
+        prompt_tokens=_count(usage, "prompt_tokens"),
+        completion_tokens=_count(usage, "completion_tokens"),
+        model=model[:_MAX_MODEL_CHARS] if isinstance(model, str) and model else configured_model,
+        truncated=finish == "length",
+        usage_reported=usage is not None,
+        stopped=stopped,
+    )
+
+
+async def _aiter(chunks: Any) -> AsyncIterator[Any]:
+    async for chunk in chunks:
+        yield chunk
+
+
+def _add_call_piece(calls: dict[int, _StreamedCall], part: object) -> None:
+    index = getattr(part, "index", None)
+    if not isinstance(index, int) or index < 0:
+        return
+    call = calls.get(index)
+    if call is None:
+        if len(calls) >= _MAX_STREAMED_CALLS:
+            return
+        call = calls[index] = _StreamedCall()
+    call.id = getattr(part, "id", None) or call.id
+    function = getattr(part, "function", None)
+    name = getattr(function, "name", None)
+    if isinstance(name, str) and name and not call.name:
+        call.name = name[:_MAX_STREAMED_NAME]
+    arguments = getattr(function, "arguments", None)
+    if isinstance(arguments, str) and call.size < _MAX_STREAMED_ARGUMENTS:
+        call.arguments.append(arguments[: _MAX_STREAMED_ARGUMENTS - call.size])
+        call.size += len(arguments)
+
+
+_MAX_STREAMED_NAME: Final = 200
+_MAX_STREAMED_ARGUMENTS: Final = 64_000
+
+
+class _AssembledCall:
+    """A streamed call in the shape `_tool_call` reads (as a non-streamed reply's call)."""
+
+    def __init__(self, streamed: _StreamedCall) -> None:
+        self.id = streamed.id
+        self.type = "function"
+        self.function = _Function(streamed.name, "".join(streamed.arguments))
+
+
+@dataclass(frozen=True, slots=True)
+class _Function:
+    name: str
+    arguments: str
 
 
 def _list(obj: object, name: str) -> list[Any]:

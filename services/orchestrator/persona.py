@@ -198,6 +198,28 @@ def _has_content(text: str) -> bool:
     return _CONTENT.search(text) is not None
 
 
+def ends_with_ending(text: str, ending: str) -> bool:
+    """Whether `text` ends in `ending`, closing punctuation and emoji after it set aside."""
+    return _ends_with(text, ending)
+
+
+def language_ok(text: str, language: Language, config: PersonaConfig | None = None) -> bool:
+    """Whether `text` reads as `language` (the ending, which is of the persona's language,
+    set aside); text with too few letters to tell passes."""
+    ending = (config or _default_config()).ending(language)
+    return _language_ok(text.replace(ending, " "), language)
+
+
+@functools.cache
+def _default_config() -> PersonaConfig:
+    return PersonaConfig()
+
+
+def separator(language: Language) -> str:
+    """What goes between a reply and its ending: a space in English, nothing in ja and ko."""
+    return _separator(language)
+
+
 def _ends_with(text: str, ending: str) -> bool:
     end = len(text)
     while end > 0 and _is_tail(text[end - 1]):

@@ -9,10 +9,12 @@ channels and breakers as in production, so cancellation reaches the doubles as C
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import wave
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,14 +22,21 @@ import grpc
 import grpc.aio
 import redis.asyncio as redis
 
-from chatagent.v1 import emotion_pb2, emotion_pb2_grpc, tools_pb2, tools_pb2_grpc
+from chatagent.v1 import (
+    emotion_pb2,
+    emotion_pb2_grpc,
+    speech_pb2,
+    speech_pb2_grpc,
+    tools_pb2,
+    tools_pb2_grpc,
+)
 from services.common.breakers import BreakerBoard
 from services.common.channels import open_channel
 from services.common.deadline import Deadline
 from services.common.gazetteer import load_gazetteer
 from services.orchestrator.agent import Agent, AgentParts
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.llm import LlmReply, LlmRequest, LlmTimeout
+from services.orchestrator.llm import LlmReply, LlmRequest, LlmTimeout, OnText, StopStream
 from services.orchestrator.main import Channels, build_agent
 from services.orchestrator.model import (
     AssistantMessage,
@@ -86,6 +95,40 @@ class ScriptedLlm:
     timeouts: list[float] = field(default_factory=list)
     cancelled: int = 0
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    # Streaming: the text comes in pieces of this many characters, `piece_delay` apart.
+    piece_chars: int = 4
+    piece_delay: float = 0.0
+    streamed: int = 0  # how many requests were streamed
+    # The moment each streamed request wrote its last piece (loop time).
+    finished_at: list[float] = field(default_factory=list)
+
+    async def stream(
+        self, request: LlmRequest, *, timeout_seconds: float, on_text: OnText
+    ) -> LlmReply:
+        self.streamed += 1
+        reply = await self.complete(request, timeout_seconds=timeout_seconds)
+        text = reply.content
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                for start in range(0, len(text), self.piece_chars):
+                    if self.piece_delay:
+                        await asyncio.sleep(self.piece_delay)
+                    try:
+                        await on_text(text[start : start + self.piece_chars])
+                    except StopStream:
+                        written = text[: start + self.piece_chars]
+                        return replace(
+                            reply, content=written, tool_calls=[], stopped=True,
+                            usage_reported=False, prompt_tokens=0, completion_tokens=0,
+                        )  # fmt: skip
+        except TimeoutError:
+            raise LlmTimeout(f"no answer within {timeout_seconds:.3g}s") from None
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        self.finished_at.append(loop.time())
+        return reply
 
     async def complete(self, request: LlmRequest, *, timeout_seconds: float) -> LlmReply:
         self.requests.append(request)
@@ -201,6 +244,34 @@ class _Emotion(emotion_pb2_grpc.EmotionServiceServicer):
         return emotion_answer(self.answer.scores, self.answer.dominant)
 
 
+def tone(seconds: float, rate: int = 16_000) -> bytes:
+    """A WAV of `seconds` of silence, 16-bit mono: what the speech double answers."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(b"\x00\x00" * int(seconds * rate))
+    return out.getvalue()
+
+
+class _Speech(speech_pb2_grpc.SpeechServiceServicer):
+    """One chunk per request: 10 ms of audio per character."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    async def Synthesize(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        await self.recorder.enter("Synthesize", request, context)
+        yield speech_pb2.SynthesizeResponse(
+            sequence=0,
+            text=request.text,
+            audio_wav=tone(0.01 * len(request.text)),
+            sample_rate_hz=16_000,
+            characters=len(request.text),
+        )
+
+
 # -- the harness -----------------------------------------------------------------------------
 
 # Limits that do not get in a test's way unless it sets its own.
@@ -227,7 +298,9 @@ class Harness:
     emotion: Recorder
     emotion_answer: EmotionAnswer
     parts: AgentParts
+    speech: Recorder
     events: list[TurnEvent] = field(default_factory=list)
+    event_times: list[float] = field(default_factory=list)
 
     async def chat(
         self,
@@ -236,13 +309,21 @@ class Harness:
         *,
         within: float = 10.0,
         caller: str = "backend",
+        streaming: bool = False,
         **fields: Any,
     ) -> TurnResult:
+        """A turn as `Chat` makes it, or as `StreamChat` does (`streaming`: its events are
+        collected in `events`, each with the loop time it came at in `event_times`)."""
+        loop = asyncio.get_running_loop()
+
         async def emit(event: TurnEvent) -> None:
             self.events.append(event)
+            self.event_times.append(loop.time())
 
         request = TurnRequest(user_id=user_id, message=message, caller=caller, **fields)
-        return await self.agent.turn(request, deadline=Deadline.after(within), emit=emit)
+        return await self.agent.turn(
+            request, deadline=Deadline.after(within), emit=emit if streaming else None
+        )
 
     async def settled(self) -> None:
         """Wait until every settle and release the bookkeeper started has been recorded."""
@@ -280,10 +361,14 @@ async def harness(
     emotion_server, emotion_address = await _serve(
         emotion_pb2_grpc.add_EmotionServiceServicer_to_server, _Emotion(emotion_recorder, answer)
     )
+    speech_recorder = Recorder()
+    speech_server, speech_address = await _serve(
+        speech_pb2_grpc.add_SpeechServiceServicer_to_server, _Speech(speech_recorder)
+    )
     channels = Channels(
         tools=open_channel(tools_address or address, ["chatagent.v1.ToolService"]),
         emotion=open_channel(emotion_address, ["chatagent.v1.EmotionService"]),
-        speech=open_channel("127.0.0.1:1", ["chatagent.v1.SpeechService"]),
+        speech=open_channel(speech_address, ["chatagent.v1.SpeechService"]),
     )
     board = BreakerBoard(redis_client)
     agent = build_agent(
@@ -297,7 +382,16 @@ async def harness(
     parts = agent.parts
     await board.start()
     try:
-        yield Harness(agent, config, scripted, tools_recorder, emotion_recorder, answer, parts)
+        yield Harness(
+            agent,
+            config,
+            scripted,
+            tools_recorder,
+            emotion_recorder,
+            answer,
+            parts,
+            speech_recorder,
+        )
     finally:
         await agent.aclose()
         await board.aclose()
@@ -305,6 +399,7 @@ async def harness(
             await channel.close()
         await tools_server.stop(None)
         await emotion_server.stop(None)
+        await speech_server.stop(None)
 
 
 async def until(condition: Callable[[], object], seconds: float = 10.0) -> None:
