@@ -163,3 +163,26 @@ async def test_a_chat_with_audio_gets_one_wav_of_the_whole_reply() -> None:
     assert result.reply == FIVE
     assert seconds_of(result.audio) == pytest.approx(0.01 * len(FIVE), abs=0.02)
     assert len(h.speech.called("Synthesize")) == 5
+
+
+async def test_paid_speech_is_held_against_the_budget_and_counted() -> None:
+    async with harness(llm=ScriptedLlm(default=said(FIVE)), tts_usd_per_million_chars=15.0) as h:
+        result = await h.chat("今日はどう？", user_id="talker", include_audio=True)
+        await h.settled()
+        report = await h.agent.usage("talker")
+    speech_cost = len(FIVE) * 15.0 / 1e6
+    assert result.usage.tts_characters == len(FIVE)
+    assert report.user_today.tts_characters == len(FIVE)
+    assert report.user_today.cost_usd == pytest.approx(result.usage.cost_usd)
+    assert result.usage.cost_usd >= speech_cost
+
+
+async def test_no_room_in_the_budget_for_speech_gives_the_text_alone() -> None:
+    async with harness(
+        llm=False, tts_usd_per_million_chars=1_000_000.0, user_daily_budget_usd=0.01
+    ) as h:
+        result = await h.chat("こんにちは", include_audio=True)
+    assert result.audio == b""
+    assert "budget" in result.degraded
+    assert h.speech.calls == []
+    assert result.reply

@@ -234,7 +234,11 @@ class Agent:
         self._settings = settings
         self._parts = parts
         self._persona = settings.persona()
-        self._prices = Prices(settings.llm_prices, fallback_model=settings.llm_model)
+        self._prices = Prices(
+            settings.llm_prices,
+            fallback_model=settings.llm_model,
+            speech_usd_per_million_chars=settings.tts_usd_per_million_chars,
+        )
         self._bookkeeper = Bookkeeper(parts.ledger)
         self._specs = tool_specs()
         self._by_intent = spec_for_intent()
@@ -369,23 +373,31 @@ class Agent:
             history=session.history,
             places=self._parts.places,
         )
+        speech_hold = await self._hold_speech(turn) if request.include_audio else None
         if emit is not None or request.include_audio:
             # Someone listens as the reply is written: it is said while the LLM writes it.
-            turn.voice = self._voice(turn)
+            turn.voice = self._voice(turn, speak=request.include_audio and speech_hold is not False)
         emotion_task = asyncio.create_task(
             self._parts.emotion.analyze(request.message, language, deadline=deadline)
         )
+        spoken = 0
         try:
             reply = await self._answer(turn, emotion_task)
             emotion = await self._emotion(turn, emotion_task)
             audio = b""
             if turn.voice is not None and turn.voice.speaker is not None:
                 audio = await turn.voice.speaker.finish()
-                turn.tts_characters = turn.voice.speaker.characters if audio else 0
+                spoken = turn.voice.speaker.characters
+                turn.tts_characters = spoken if audio else 0
         finally:
             emotion_task.cancel()
             if turn.voice is not None and turn.voice.speaker is not None:
                 turn.voice.speaker.cancel()
+                spoken = spoken or turn.voice.speaker.characters
+            if isinstance(speech_hold, Reservation):
+                # What was synthesized is paid for, whatever becomes of the turn.
+                cost = self._prices.speech_cost_nanos(spoken)
+                self._settle(turn, speech_hold, Usage(cost_nanos=cost), what="tts")
         result = TurnResult(
             reply=reply,
             language=language,
@@ -733,9 +745,28 @@ class Agent:
         )
         return self._prices.usage(self._settings.llm_model, prompt_estimate, completion)
 
-    def _voice(self, turn: _Turn) -> Voice:
+    async def _hold_speech(self, turn: _Turn) -> Reservation | bool:
+        """The budgets' hold for the speech of the longest reply, when speech costs anything:
+        the reservation, True when speech is free, False when a budget has no room for it."""
+        worst = self._prices.speech_cost_nanos(self._persona.max_reply_chars)
+        if not worst:
+            return True
+        try:
+            return await self._parts.ledger.reserve(
+                turn.account,
+                worst,
+                epoch=turn.lease.erasures,
+                hold_seconds=max(0.0, turn.deadline.remaining()) + _HOLD_GRACE_SECONDS,
+                now=self._parts.wall_clock(),
+            )
+        except BudgetSpent as exc:
+            metrics.BUDGET_EXHAUSTED.labels(exc.scope).inc()
+            turn.degrade("budget")
+            return False
+
+    def _voice(self, turn: _Turn, *, speak: bool) -> Voice:
         speaker = None
-        if turn.request.include_audio:
+        if speak:
             speaker = Speaker(
                 self._parts.speech,
                 turn.language,
@@ -746,10 +777,12 @@ class Agent:
             )
         return Voice(turn.language, self._persona, emit=turn.emit, speaker=speaker)
 
-    def _settle(self, turn: _Turn, reservation: Reservation, usage: Usage) -> None:
+    def _settle(
+        self, turn: _Turn, reservation: Reservation, usage: Usage, *, what: str = ""
+    ) -> None:
         turn.settlements.append(self._bookkeeper.settle(reservation, usage))
         turn.usage = turn.usage + usage
-        metrics.COST.labels(self._settings.llm_model).inc(usage.cost_usd)
+        metrics.COST.labels(what or self._settings.llm_model).inc(usage.cost_usd)
 
     @staticmethod
     def _reserve(turn: _Turn) -> float:

@@ -52,6 +52,9 @@ class OrchestratorSettings(ServiceSettings):
     # The bound on every completion, corrective retries included; 0 derives it from
     # MAX_REPLY_CHARS (two tokens a character, at least 256: room for tool calls too).
     llm_max_tokens: Annotated[int, Field(ge=0, le=100_000)] = 0
+    # What speech costs, USD per million characters synthesized: 0 for the embedded voices,
+    # e.g. 15 for OpenAI's tts-1. Held against the budgets like an LLM call.
+    tts_usd_per_million_chars: Money = 0.0
     # How the bound is sent: "max_tokens" (vLLM, Ollama, llama.cpp, OpenAI's chat models) or
     # "max_completion_tokens" (OpenAI's reasoning models).
     llm_max_tokens_parameter: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"

@@ -92,7 +92,13 @@ class Prices:
     so a provider that answers with an unexpected name is never free.
     """
 
-    def __init__(self, table: Mapping[str, tuple[float, float]], *, fallback_model: str) -> None:
+    def __init__(
+        self,
+        table: Mapping[str, tuple[float, float]],
+        *,
+        fallback_model: str,
+        speech_usd_per_million_chars: float = 0.0,
+    ) -> None:
         for model, (prompt, completion) in table.items():
             if (
                 not (math.isfinite(prompt) and math.isfinite(completion))
@@ -102,6 +108,7 @@ class Prices:
         self._table = dict(table)
         self._by_length = sorted(self._table, key=len, reverse=True)
         self._fallback = fallback_model
+        self._speech = speech_usd_per_million_chars
         self._warned: set[str] = set()
 
     def knows(self, model: str) -> bool:
@@ -138,6 +145,10 @@ class Prices:
                 3,
             )
         )
+
+    def speech_cost_nanos(self, characters: int) -> int:
+        """What synthesizing `characters` costs (nothing for the embedded voices)."""
+        return math.ceil(round(characters * self._speech * _NANOS_PER_TOKEN_PER_USD_PER_M, 6))
 
     def usage(self, model: str, prompt_tokens: int, completion_tokens: int) -> Usage:
         return Usage(
