@@ -1,0 +1,1 @@
+"""EmotionService: scores a text's emotions over the eleven labels of DESIGN.md."""

@@ -1,0 +1,3 @@
+from services.emotion.main import main
+
+main()
