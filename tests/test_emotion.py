@@ -205,15 +205,16 @@ def test_exactly_the_limit_is_not_truncated(lexicon: AnalyzerSet) -> None:
     ],
     ids=["ja", "en", "ko", "one-word", "brackets"],
 )
-def test_ten_thousand_characters_answer_well_under_100_ms(lexicon: AnalyzerSet, text: str) -> None:
+def test_ten_thousand_characters_answer_in_bounded_time(lexicon: AnalyzerSet, text: str) -> None:
     durations = []
     for _ in range(5):
         started = time.perf_counter()
         result = read(lexicon, text)
         durations.append(time.perf_counter() - started)
     assert result.truncated
-    # About 15 ms here; unwindowed, the English text alone takes over 300 ms.
-    assert statistics.median(durations) < 0.1
+    # Generous, for shared machines: about 20 ms here (the goal, measured by `make bench`, is
+    # well under 100 ms); read whole, the English text alone takes over 300 ms.
+    assert statistics.median(durations) < 0.25
 
 
 @pytest.mark.parametrize(

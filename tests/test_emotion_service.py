@@ -187,12 +187,12 @@ async def test_a_malformed_language_tag_is_refused_with_invalid_argument() -> No
 
 
 async def test_health_checks_answer_while_long_texts_are_analysed() -> None:
-    # A window of 50,000 characters: one analysis takes about half a second of CPU, which on
-    # the event loop would stall every call and probe for that long.
-    long_text = ("今日は本当に嬉しいけど、明日のことを考えると少し不安です。" * 2000)[:50_000]
-    async with emotion_service(ANALYZER_SETS["lexicon"], emotion_max_chars=50_000) as service:
+    # A window of 100,000 characters: one analysis takes about a second of CPU, which on the
+    # event loop would stall every call and probe (Kubernetes gives a probe 1 s) for that long.
+    long_text = ("今日は本当に嬉しいけど、明日のことを考えると少し不安です。" * 3500)[:100_000]
+    async with emotion_service(ANALYZER_SETS["lexicon"], emotion_max_chars=100_000) as service:
         async with StallMeter() as meter:
-            calls = [asyncio.ensure_future(service.analyze(long_text)) for _ in range(4)]
+            calls = [asyncio.ensure_future(service.analyze(long_text)) for _ in range(2)]
             slowest_probe = 0.0
             while not all(call.done() for call in calls):
                 started = time.monotonic()
@@ -201,7 +201,8 @@ async def test_health_checks_answer_while_long_texts_are_analysed() -> None:
                 await asyncio.sleep(0.02)
             replies = await asyncio.gather(*calls)
         assert all(reply.emotion.dominant in ("joy", "fear") for reply in replies)
-        assert meter.max_gap < 0.2, meter.max_gap
+        # Generous: a few milliseconds here; an analysis on the loop shows as a full second.
+        assert meter.max_gap < 0.5, meter.max_gap
         assert slowest_probe < 0.5, slowest_probe
 
 

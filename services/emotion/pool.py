@@ -60,10 +60,6 @@ class AnalysisPool:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
-    def ready(self) -> bool:
-        return self._executor is not None
-
-    @property
     def admitted(self) -> int:
         """Calls running or waiting for a worker."""
         return self._admitted

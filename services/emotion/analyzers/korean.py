@@ -1,10 +1,11 @@
 """Korean: a small keyword and stem table. A heuristic, not a model.
 
 No package on PyPI does multi-class Korean emotion offline (kiwipiepy lemmatises well but costs
-seconds and hundreds of megabytes at start), so this table of about 150 stems and common forms
-of frequent emotion words, and the chat conventions ㅋㅋ/ㅎㅎ (laughter) and ㅠㅠ/ㅜㅜ (tears),
-is matched against the text. Stems are matched as written, leftmost and longest first, so that
-"불편하" (uncomfortable) is not read as "편하" (comfortable); each match counts once.
+seconds and hundreds of megabytes at start), so a table of about 140 stems, forms and two-word
+phrases of frequent emotion words, and the chat conventions ㅋㅋ/ㅎㅎ (laughter) and ㅠㅠ/ㅜㅜ
+(tears), is matched against the text. Entries are matched as written, leftmost and longest
+first, so that "불편하" (uncomfortable) is not read as "편하" (comfortable); each match counts
+once.
 
 A match is negated, and shifted as ML-Ask shifts a negated expression (`labels.NEGATED`),
 when "안" or "못" stands before it ("안 좋아", "안좋아") or its word ends in 지 and the next
@@ -26,7 +27,7 @@ _TABLE: Final = {
         좋지 좋아요 최고 웃겨 웃기 웃음 만족 짱""",
     "like": """사랑 좋아하 좋아해 좋아했 귀여 귀엽 고마 고맙 감사 반했 반하""",
     "relief": """안심 다행 안도 편안 편하 후련 걱정없 살았다""",
-    "excitement": """설레 설렌 설렜 두근 기대돼 기대된 기대하 기대가 신나 신난 신났 흥분""",
+    "excitement": """설레 설렌 설렜 두근 기대돼 기대된 기대하 신나 신난 신났 흥분""",
     "surprise": """놀라 놀랐 놀랄 놀란 깜짝 헐 대박""",
     "sadness": """슬프 슬퍼 슬펐 슬픈 슬픔 우울 외로 외롭 눈물 울었 울어 서운 속상 그리워 그립
         아쉽 아쉬 힘들 힘드 힘든 괴로 괴롭 실망""",
