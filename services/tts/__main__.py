@@ -1,0 +1,3 @@
+from services.tts.main import main
+
+main()
