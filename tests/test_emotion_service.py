@@ -201,9 +201,10 @@ async def test_health_checks_answer_while_long_texts_are_analysed() -> None:
                 await asyncio.sleep(0.02)
             replies = await asyncio.gather(*calls)
         assert all(reply.emotion.dominant in ("joy", "fear") for reply in replies)
-        # Generous: a few milliseconds here; an analysis on the loop shows as a full second.
-        assert meter.max_gap < 0.5, meter.max_gap
-        assert slowest_probe < 0.5, slowest_probe
+        # Generous (a few milliseconds here, more on a loaded machine, where worker threads
+        # and the loop share the GIL); an analysis on the loop shows as a full second or more.
+        assert meter.max_gap < 0.8, meter.max_gap
+        assert slowest_probe < 0.8, slowest_probe
 
 
 # -- limits, deadlines, cancels ----------------------------------------------------------------

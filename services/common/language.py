@@ -207,6 +207,16 @@ def is_warm() -> bool:
     return _identifier is not None
 
 
+# How py3langid is asked about text whose script more than one language shares: only this much
+# of it, only with at least this many letters of that script, and believed only this sure.
+IDENTIFY_MAX_CHARS: Final = 600
+IDENTIFY_MIN_LATIN_LETTERS: Final = 30
+IDENTIFY_CONFIDENCE: Final = 0.9
+# What py3langid says of text that is still English for our purposes: Nigerian Pidgin (an
+# English creole) and "no linguistic content".
+ENGLISH_LIKE: Final = frozenset({"en", "pcm", "zxx"})
+
+
 def identify(text: str, *, min_confidence: float = 0.0, load: bool = True) -> str:
     """py3langid's language code for `text` ("en", "fr", "ja", "zh", ...), or "und".
 

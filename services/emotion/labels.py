@@ -11,21 +11,21 @@ import math
 from collections.abc import Mapping
 from typing import Final
 
-# Order matters: it breaks ties between equal scores (as the orchestrator's Emotion does).
-LABELS: Final = (
-    "joy",
-    "like",
-    "relief",
-    "excitement",
-    "surprise",
-    "sadness",
-    "shame",
-    "anger",
-    "dislike",
-    "fear",
-    "neutral",
-)
-NEUTRAL: Final = "neutral"
+from services.common.emotions import EMOTION_LABELS, NEUTRAL
+
+__all__ = [
+    "LABELS",
+    "NEGATED",
+    "NEUTRAL",
+    "VALENCE",
+    "add",
+    "dominant",
+    "is_label",
+    "polarity",
+    "scores",
+]
+
+LABELS: Final = EMOTION_LABELS
 _KNOWN: Final = frozenset(LABELS)
 
 # ML-Ask's valence of its classes: yorokobi, suki, yasu positive; iya, aware, ikari, kowa

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from services.common.language import (
+    ENGLISH_LIKE,
+    IDENTIFY_CONFIDENCE,
+    IDENTIFY_MAX_CHARS,
+    IDENTIFY_MIN_LATIN_LETTERS,
     Language,
     has_evidence,
     identify,
@@ -23,17 +27,11 @@ from services.common.language import (
 
 UNDETERMINED: Final = "und"
 
-# py3langid is asked only about this much text, with at least this many letters of the
-# ambiguous script, and believed only at this confidence (the persona guard's thresholds).
-IDENTIFY_MAX_CHARS: Final = 600
-IDENTIFY_MIN_LATIN_LETTERS: Final = 30
+# Han-only text is asked about from this many characters (py3langid's other thresholds are
+# services.common.language's, shared with the persona guard).
 IDENTIFY_MIN_HAN_CHARS: Final = 8
-IDENTIFY_CONFIDENCE: Final = 0.9
 # Enough to name the language of a text already known to be unsupported (Cyrillic, say).
 NAMING_CONFIDENCE: Final = 0.5
-# What py3langid says about English-like text that is still English to the lexicon: Nigerian
-# Pidgin, "no linguistic content".
-_ENGLISH_LIKE: Final = frozenset({"en", "pcm", "zxx"})
 
 # A primary language subtag (2–3 letters, or 4–8 for registered ones) and optional subtags.
 _TAG = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
@@ -79,10 +77,10 @@ def detect(text: str) -> TextLanguage:
         if counts.other > counts.latin:
             # Not English whatever py3langid says; it only names the language, when it can.
             code = identify(text[:IDENTIFY_MAX_CHARS], min_confidence=NAMING_CONFIDENCE)
-            return TextLanguage(UNDETERMINED if code in _ENGLISH_LIKE else code, None)
+            return TextLanguage(UNDETERMINED if code in ENGLISH_LIKE else code, None)
         if counts.latin >= IDENTIFY_MIN_LATIN_LETTERS:
             code = identify(text[:IDENTIFY_MAX_CHARS], min_confidence=IDENTIFY_CONFIDENCE)
-            if code not in _ENGLISH_LIKE and code != UNDETERMINED:
+            if code not in ENGLISH_LIKE and code != UNDETERMINED:
                 return TextLanguage(code, None)
         return TextLanguage("en", "en")
     if best == "ja" and counts.kana == 0 and counts.han >= IDENTIFY_MIN_HAN_CHARS:

@@ -45,6 +45,9 @@ CALLER_ERRORS: Final = frozenset(
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.OUT_OF_RANGE,
         grpc.StatusCode.FAILED_PRECONDITION,
+        # Busy for a moment (its queue full): it answered, and sheds load by itself; opening
+        # the circuit for BREAKER_RESET_SECONDS would outlast the burst by far.
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
 # What a tool's own error message may bring into the LLM's next prompt, and its answer.

@@ -12,21 +12,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-# EmotionService's labels (DESIGN.md): stable lower-case English keys. Anything else that comes
-# back from the service is ignored.
-EMOTION_LABELS: Final = (
-    "joy",
-    "like",
-    "relief",
-    "excitement",
-    "surprise",
-    "sadness",
-    "shame",
-    "anger",
-    "dislike",
-    "fear",
-    "neutral",
-)
+from services.common.emotions import EMOTION_LABELS
+
 _EMOTION_LABELS: Final = frozenset(EMOTION_LABELS)
 
 

@@ -35,7 +35,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
+from services.common.emotions import EMOTION_LABELS
 from services.common.language import (
+    ENGLISH_LIKE,
+    IDENTIFY_CONFIDENCE,
+    IDENTIFY_MAX_CHARS,
+    IDENTIFY_MIN_LATIN_LETTERS,
     SUPPORTED,
     Language,
     has_evidence,
@@ -43,7 +48,6 @@ from services.common.language import (
     is_supported,
     script_counts,
 )
-from services.orchestrator.model import EMOTION_LABELS
 
 DEFAULT_ENDINGS: Final[Mapping[str, str]] = MappingProxyType(
     {"ja": "にゃん", "en": "nyan", "ko": "냥"}
@@ -60,12 +64,8 @@ HAN_ONLY_LIMIT: Final = 8
 # py3langid is asked about English replies with at least this many Latin letters (shorter ones
 # get unreliable guesses), looks at this many characters, and must be this sure of another
 # language before the reply counts as not English.
-IDENTIFY_MIN_LETTERS: Final = 30
-IDENTIFY_MAX_CHARS: Final = 600
-IDENTIFY_CONFIDENCE: Final = 0.9
-# Labels that mean English for this purpose ("pcm" is Nigerian Pidgin, an English creole; "zxx"
-# is "no linguistic content").
-_ENGLISH_LIKE: Final = frozenset({"en", "pcm", "zxx", "und"})
+# "und" (undetermined) counts as English too: the guard refuses only what is surely not.
+_ENGLISH_LIKE: Final = ENGLISH_LIKE | {"und"}
 
 # Closing punctuation that may follow the ending, and marks a sentence end when cutting.
 _CLOSING_PUNCTUATION: Final = frozenset("。．.！!？?～~〜…‥｡")
@@ -239,7 +239,7 @@ def _language_ok(text: str, language: Language) -> bool:
     if language == "en":
         if counts.other > counts.latin:
             return False
-        if counts.latin >= IDENTIFY_MIN_LETTERS:
+        if counts.latin >= IDENTIFY_MIN_LATIN_LETTERS:
             # load=False: the guard runs on the event loop and must not wait for the model.
             code = identify(
                 text[:IDENTIFY_MAX_CHARS], min_confidence=IDENTIFY_CONFIDENCE, load=False
