@@ -243,7 +243,7 @@ async def test_a_cancelled_stream_stops_and_frees_its_worker_for_the_next_call(
         assert isinstance(first, speech_pb2.SynthesizeResponse)
         call.cancel()
         after_cancel = sentences_synthesized("openjtalk")
-        await wait_until(lambda: speech.speaker.pool.busy == 0, within=5, message="worker free")
+        await wait_until(lambda: speech.speaker.pool.admitted == 0, within=5, message="call ended")
         # The next caller is served, not refused, and at once (the worker is not still busy
         # with the rest of the cancelled text).
         started = time.monotonic()
@@ -258,22 +258,44 @@ async def test_over_the_limit_calls_get_resource_exhausted_with_a_retry_delay(
     loaded: tuple[EmbeddedVoices, list[Worker]],
 ) -> None:
     async with serving(loaded, tts_max_concurrency=1, tts_max_queue=1) as speech:
-        running = speech.stub.Synthesize(speech_pb2.SynthesizeRequest(text=novel(600)))
-        await running.read()
-        waiting = speech.stub.Synthesize(speech_pb2.SynthesizeRequest(text="待ってるにゃん。"))
-        waiting_task = asyncio.ensure_future(waiting.read())
-        await wait_until(lambda: speech.speaker.pool.waiting == 1, within=5, message="queued")
+        first = speech.stub.Synthesize(speech_pb2.SynthesizeRequest(text=novel(600)))
+        second = speech.stub.Synthesize(speech_pb2.SynthesizeRequest(text=novel(600)))
+        await first.read()
+        await second.read()
+        assert speech.speaker.pool.admitted == 2
 
         error = await refusal(speech.stub, "入れてにゃん。")
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "busy" in (error.details() or "")
         assert ("retry-after-ms", "500") in tuple(error.trailing_metadata() or ())
 
-        # The call in the queue is served once the worker is free; nothing was lost.
-        running.cancel()
-        queued = await asyncio.wait_for(waiting_task, 10)
-        assert isinstance(queued, speech_pb2.SynthesizeResponse)
-        assert queued.text == "待ってるにゃん。"
+        # A place is free again as soon as a call ends.
+        first.cancel()
+        await wait_until(lambda: speech.speaker.pool.admitted == 1, within=5, message="freed")
+        assert [r.text for r in await synthesize(speech.stub, "入れてにゃん。")] == [
+            "入れてにゃん。"
+        ]
+        second.cancel()
+
+
+async def test_a_short_call_is_not_held_behind_a_long_text(
+    loaded: tuple[EmbeddedVoices, list[Worker]],
+) -> None:
+    """With one worker, a long text being spoken (or a client that stopped reading its stream)
+    delays a short call by a sentence, not by the text."""
+    async with serving(loaded, tts_max_concurrency=1, tts_max_queue=2) as speech:
+        reading = speech.stub.Synthesize(speech_pb2.SynthesizeRequest(text=novel(3000)))
+        await reading.read()
+        not_reading = speech.stub.Synthesize(speech_pb2.SynthesizeRequest(text=novel(3000)))
+        await wait_until(lambda: speech.speaker.pool.admitted == 2, within=5, message="both in")
+        started = time.monotonic()
+        responses = await synthesize(speech.stub, "割り込みにゃん。")
+        assert [r.text for r in responses] == ["割り込みにゃん。"]
+        assert time.monotonic() - started < 3
+        # The long text goes on meanwhile.
+        assert isinstance(await reading.read(), speech_pb2.SynthesizeResponse)
+        reading.cancel()
+        not_reading.cancel()
 
 
 async def test_the_callers_deadline_ends_a_long_text_and_frees_the_worker(speech: Served) -> None:

@@ -22,9 +22,10 @@ class SpeechSettings(ServiceSettings):
     tts_max_chars: Annotated[int, Field(ge=1, le=100_000)] = 5000
     # A sentence longer than this is cut at a clause mark or a space: what one response holds.
     tts_max_sentence_chars: Annotated[int, Field(ge=20, le=2000)] = 200
-    # Texts spoken at once (one worker thread each); beyond them calls wait in the queue.
+    # Worker threads: sentences synthesized at once (the calls take turns, a sentence each).
     tts_max_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
-    # Calls that may wait for a worker; beyond them a call gets RESOURCE_EXHAUSTED at once.
+    # Calls admitted beyond the workers, waiting their turn; beyond them a call gets
+    # RESOURCE_EXHAUSTED at once.
     tts_max_queue: Annotated[int, Field(ge=0, le=10_000)] = 8
     # The deadline of a call whose caller set none; also the longest any call may take.
     tts_timeout_seconds: Seconds = 60.0

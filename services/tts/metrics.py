@@ -21,7 +21,7 @@ FAILURES = Counter(
 )
 REFUSED = Counter(
     "chatagent_tts_refused_total",
-    "Calls refused with RESOURCE_EXHAUSTED: every worker busy and the queue full.",
+    "Calls refused with RESOURCE_EXHAUSTED: as many admitted as workers and queue allow.",
 )
-BUSY = Gauge("chatagent_tts_workers_busy", "Workers speaking a text.")
-WAITING = Gauge("chatagent_tts_queue_length", "Calls waiting for a worker.")
+ADMITTED = Gauge("chatagent_tts_calls_admitted", "Calls being spoken or waiting to be.")
+BUSY = Gauge("chatagent_tts_workers_busy", "Workers synthesizing a sentence.")

@@ -2,10 +2,11 @@
 
 `Speaker.prepare` checks a request and turns its text into an `Utterance`: the text cleaned
 (`normalise`), its language, the voice, and the sentences to speak (`split_sentences`; those
-with nothing to say left out). `Speaker.speak` then takes a worker and yields one `Chunk` per
-sentence as soon as it is synthesized, so the first audio comes after one sentence, not after
-the text; only one sentence's audio is held at a time, however long the text. A sentence whose
-engine found nothing to say is skipped; the sequence numbers of what is sent have no gaps.
+with nothing to say left out). `Speaker.speak` then admits the call, takes a worker for each
+sentence in turn and yields one `Chunk` per sentence as soon as it is synthesized, so the first
+audio comes after one sentence, not after the text; only one sentence's audio is held at a
+time, however long the text. A sentence whose engine found nothing to say is skipped; the
+sequence numbers of what is sent have no gaps.
 """
 
 from __future__ import annotations
@@ -125,15 +126,19 @@ class Speaker:
         return Utterance(voice, language, tuple(s for s in sentences if is_speakable(s)))
 
     async def speak(self, utterance: Utterance, deadline: Deadline) -> AsyncGenerator[Chunk, None]:
-        """Each sentence's audio as soon as it is synthesized. Overloaded when every worker is
-        busy and the queue full; DeadlineExhausted when the deadline passes first;
-        VoiceUnavailable when the voice fails; NothingToSay when no sentence had any sound."""
+        """Each sentence's audio as soon as it is synthesized. Overloaded when as many calls
+        are admitted as the workers and the queue allow; DeadlineExhausted when the deadline
+        passes first; VoiceUnavailable when the voice fails; NothingToSay when no sentence had
+        any sound."""
         if not self._ready:
             raise VoiceUnavailable("the voices are still loading")
         sequence = 0
-        async with self._pool.worker(deadline) as worker:
+        async with self._pool.admission():
             for sentence in utterance.sentences:
-                audio = await self._synthesize(utterance.voice, sentence, worker, deadline)
+                # The worker is given back before the sentence is sent: a client that reads
+                # slowly holds none.
+                async with self._pool.worker(deadline) as worker:
+                    audio = await self._synthesize(utterance.voice, sentence, worker, deadline)
                 if audio.frames == 0:
                     continue
                 yield Chunk(sequence, sentence, audio)

@@ -1,17 +1,20 @@
 """Where synthesis runs: a fixed set of workers, each one thread with the engines that live on
-it, handed to one call at a time behind a short queue.
+it, shared by the calls sentence by sentence, and an admission limit in front of them.
 
 Synthesis is CPU work that would stall the event loop (and the health checks) for as long as a
 sentence takes, so it runs on a worker's thread. Each worker keeps its own engines: Open JTalk's
 engines hold per-instance state and, one per thread, release the GIL and run in parallel (the
 module-level `pyopenjtalk.tts()` shares one engine behind a lock).
 
-A call holds its worker for the whole text, sentence after sentence; at most `max_queue` calls
-wait for one, and a call beyond that is refused at once (`Overloaded`) rather than joining a
-queue that only grows. A call that is cancelled gives its worker back at once: the sentence
-already on the worker's thread finishes there (a thread cannot be interrupted), and the next
-call's first sentence simply runs after it, so no more sentences run at once than there are
-workers. `Worker` knows nothing of event loops; `WorkerPool` is the asyncio side.
+At most `workers + max_queue` calls are admitted; a call beyond that is refused at once
+(`Overloaded`) rather than joining a queue that only grows. An admitted call takes a worker for
+each sentence and gives it back before the sentence is sent, first come first served: a short
+call is not stuck behind a long text (it waits for one sentence, not for the text), and a client
+that stops reading holds no worker while its stream waits. A call that is cancelled gives its
+worker back at once: the sentence already on the worker's thread finishes there (a thread
+cannot be interrupted), and the next sentence simply runs after it, so no more sentences run at
+once than there are workers. `Worker` knows nothing of event loops; `WorkerPool` is the asyncio
+side.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ RETRY_AFTER_SECONDS: Final = 0.5
 
 
 class Overloaded(Exception):
-    """Every worker is busy and the queue is full."""
+    """As many calls as there are workers are being spoken and the queue is full."""
 
     def __init__(self, workers: int, max_queue: int) -> None:
         super().__init__(
@@ -73,7 +76,8 @@ def start_workers(count: int) -> list[Worker]:
 
 
 class WorkerPool:
-    """Hands workers to calls: one each, `max_queue` calls waiting at most, FIFO."""
+    """Admits calls (`workers + max_queue` at most) and hands workers to their sentences, one
+    each, in the order they asked."""
 
     def __init__(self, workers: Sequence[Worker], *, max_queue: int) -> None:
         if not workers or max_queue < 0:
@@ -82,34 +86,48 @@ class WorkerPool:
         self._max_queue = max_queue
         self._free = list(workers)
         self._waiters: deque[asyncio.Future[Worker]] = deque()
+        self._admitted = 0
+
+    @property
+    def admitted(self) -> int:
+        """Calls being spoken or waiting to be."""
+        return self._admitted
 
     @property
     def busy(self) -> int:
+        """Workers synthesizing a sentence."""
         return self._size - len(self._free)
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
+    @asynccontextmanager
+    async def admission(self) -> AsyncIterator[None]:
+        """A place for one call for the block; Overloaded when every place is taken."""
+        if self._admitted >= self._size + self._max_queue:
+            metrics.REFUSED.inc()
+            raise Overloaded(self._size, self._max_queue)
+        self._admitted += 1
+        metrics.ADMITTED.set(self._admitted)
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+            metrics.ADMITTED.set(self._admitted)
 
     @asynccontextmanager
     async def worker(self, deadline: Deadline) -> AsyncIterator[Worker]:
-        """A worker for the block; Overloaded when the queue is full, DeadlineExhausted when
-        none comes free before `deadline`."""
+        """A worker for the block; DeadlineExhausted when none comes free before `deadline`."""
         worker = await self._take(deadline)
+        metrics.BUSY.set(self.busy)
         try:
             yield worker
         finally:
             self._give_back(worker)
+            metrics.BUSY.set(self.busy)
 
     async def _take(self, deadline: Deadline) -> Worker:
         if self._free and not self._waiters:
-            return self._taken(self._free.pop())
-        if len(self._waiters) >= self._max_queue:
-            metrics.REFUSED.inc()
-            raise Overloaded(self._size, self._max_queue)
+            return self._free.pop()
         waiter: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        metrics.WAITING.set(len(self._waiters))
         try:
             async with deadline.timeout():
                 return await waiter
@@ -125,12 +143,6 @@ class WorkerPool:
                     "the deadline passed while the text waited for a free worker"
                 ) from None
             raise
-        finally:
-            metrics.WAITING.set(len(self._waiters))
-
-    def _taken(self, worker: Worker) -> Worker:
-        metrics.BUSY.set(self.busy)
-        return worker
 
     def _give_back(self, worker: Worker) -> None:
         while self._waiters:
@@ -139,4 +151,3 @@ class WorkerPool:
                 waiter.set_result(worker)
                 return
         self._free.append(worker)
-        metrics.BUSY.set(self.busy)
