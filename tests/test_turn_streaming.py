@@ -186,3 +186,12 @@ async def test_no_room_in_the_budget_for_speech_gives_the_text_alone() -> None:
     assert "budget" in result.degraded
     assert h.speech.calls == []
     assert result.reply
+
+
+async def test_a_sentence_with_nothing_to_speak_is_left_silent_not_a_failure() -> None:
+    async with harness(llm=ScriptedLlm(default=said(FIVE))) as h:
+        h.speech.failures = {"Synthesize": grpc.StatusCode.INVALID_ARGUMENT}
+        result = await h.chat("今日はどう？", streaming=True, include_audio=True)
+    assert result.reply == FIVE
+    assert "speech" not in result.degraded
+    assert audio(h.events) == []

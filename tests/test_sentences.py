@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.tts.sentences import MAX_SENTENCE_CHARS, SentenceSplitter, split_sentences
+from services.common.sentences import MAX_SENTENCE_CHARS, SentenceSplitter, split_sentences
 
 
 @pytest.mark.parametrize(
