@@ -3,6 +3,9 @@
 * Tool phase of a 3-tool turn (delays 120, 350 and 80 ms) against the sum and the max of the
   delays: the time from the first tool_call_started to the last tool_call_finished event of
   StreamChat. Target: max + 20 ms.
+* Time to the first audio against time to the last for a five-sentence Japanese reply through
+  StreamChat, a streaming fake LLM writing it over about two seconds and the real SpeechService
+  speaking it sentence by sentence. Target: first <= 25% of last.
 * Turn latency p50/p99 and turns/s at concurrency 1, 16 and 64 with a zero-latency LLM (one
   completion, no tools) — the orchestrator's own overhead plus the fake LLM's HTTP round trip.
   Targets: overhead p50 <= 5 ms at concurrency 1 (turn p50 minus the p50 of the same
@@ -59,6 +62,36 @@ async def tool_phase(address: str, samples: int) -> list[float]:
                     last = time.perf_counter()
             phases.append(last - first)
     return phases
+
+
+FIVE = (
+    "こんにちは、ご主人さま。今日の東京は晴れで、気温は十二度だにゃん。"
+    "午後から少し風が強くなるみたい。お散歩に行くなら、上着を忘れないでね。"
+    "楽しい一日になるといいにゃん。"
+)
+
+
+async def first_audio(address: str, samples: int) -> list[tuple[float, float, float]]:
+    """(first text, first audio, last audio) after the request, per streamed turn."""
+    timings = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        for i in range(samples):
+            request = chat_pb2.StreamChatRequest(
+                user_id=f"voice-{i}", message="今日はどう？", language="ja", include_audio=True
+            )
+            started = time.perf_counter()
+            text = first = last = 0.0
+            async for event in stub.StreamChat(request, metadata=METADATA, timeout=30):
+                kind = event.WhichOneof("event")
+                now = time.perf_counter() - started
+                if kind == "text_delta" and not text:
+                    text = now
+                elif kind == "audio_chunk":
+                    first = first or now
+                    last = now
+            timings.append((text, first, last))
+    return timings
 
 
 async def load(address: str, concurrency: int) -> tuple[list[float], float]:
@@ -167,6 +200,48 @@ def main() -> None:
                     f"| {overhead}          |"
                 )
             print(f"(overhead = turn p50 minus the LLM round trip alone, {_ms(llm_p50)} ms)")
+    print()
+    speaking()
+
+
+def speaking() -> None:
+    """StreamChat with speech: a streaming fake LLM and a real SpeechService process."""
+    with fake_openai() as llm, tools_double() as tools, emotion_double() as emotion:
+        speech = ServiceProcess("tts", {"LOG_LEVEL": "WARNING"})
+        speech.start(wait_for="chatagent.v1.SpeechService", timeout=60)
+        env = {
+            "TOOLS_ADDR": tools.address,
+            "EMOTION_ADDR": emotion.address,
+            "SPEECH_ADDR": speech.address,
+            "OPENAI_BASE_URL": llm.base_url,
+            "OPENAI_API_KEY": "sk-bench",
+            "CHAT_API_TOKENS": f"bench:{TOKEN}",
+            "LOG_LEVEL": "WARNING",
+            "LLM_MODEL": "fake-model",
+            "LLM_PRICES": '{"fake-model": [0.15, 0.6]}',
+        }
+        try:
+            with ServiceProcess("orchestrator", env) as chat:
+                chat.start(wait_for="chatagent.v1.ChatService")
+                # A token (here a character) every 25 ms: about two seconds of writing, as a
+                # hosted LLM writes a Japanese reply this long.
+                llm.default = Reply(
+                    content=FIVE, stream_piece_chars=1, stream_piece_delay_seconds=0.025
+                )
+                samples = 5
+                timings = asyncio.run(first_audio(chat.address, samples))
+        finally:
+            speech.stop()
+    text = statistics.median(t for t, _, _ in timings)
+    first = statistics.median(f for _, f, _ in timings)
+    last = statistics.median(last for _, _, last in timings)
+    print("| StreamChat, 5-sentence reply | first text (ms) | first audio (ms) | last audio (ms) "
+          "| first / last |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    print(
+        f"| {samples} turns, p50 | {_ms(text)} | {_ms(first)} | {_ms(last)} "
+        f"| {first / last:.0%} (target <= 25%) |"
+    )
 
 
 if __name__ == "__main__":
