@@ -1,14 +1,30 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 
+from services.common import redisconn
 from tests.support.pki import make_pki
 from tests.support.redis_server import RedisNotAvailable, redis_server
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[redis.asyncio.Redis | None]:
+    """The stores a turn test runs on: in this process (None), or a real Redis (a client for
+    the harness's `redis_client`)."""
+    if request.param == "memory":
+        yield None
+        return
+    client = redisconn.connect(request.getfixturevalue("redis_url"), 2.0)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -25,36 +24,19 @@ from services.orchestrator.model import (
     ToolStatus,
     UserMessage,
 )
-from tests.support.turns import ScriptedLlm, calls, harness, names, said, tool_results, until
+from tests.support.turns import (
+    ScriptedLlm,
+    calls,
+    ends_in_nyan,
+    harness,
+    names,
+    said,
+    tool_results,
+    until,
+    worst_case_usd,
+)
 
 JA_SEED = "今何時で、天気はどうで、ついでに運勢も教えて"
-
-
-def ends_in_nyan(reply: str) -> bool:
-    return reply.rstrip("。！!？?…").endswith("にゃん")
-
-
-async def worst_case_usd(message: str = "こんにちは", **settings: Any) -> float:
-    """What the agent holds against the budgets for the first LLM call of a turn: the prompt's
-    estimate and max_tokens at the fake model's prices ($1 and $2 per million)."""
-    llm = ScriptedLlm(default=said("にゃん"))
-    async with harness(llm=llm, **settings) as h:
-        await h.chat(message, user_id="calibration")
-    request = llm.requests[0]
-    return (estimate_prompt_tokens(request) * 1.0 + request.max_tokens * 2.0) / 1e6
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[redis.Redis | None]:
-    """The stores a test runs on: in this process, or a real Redis (the harness's client)."""
-    if request.param == "memory":
-        yield None
-        return
-    client = redisconn.connect(request.getfixturevalue("redis_url"), 2.0)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def costly(_request: Any) -> Any:

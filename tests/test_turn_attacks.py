@@ -34,42 +34,21 @@ from services.common.validation import InvalidArgument
 from services.orchestrator import keys
 from services.orchestrator.agent import Agent, StoreUnavailable, TurnTimeout
 from services.orchestrator.clients import SpeechClient
-from services.orchestrator.llm import LlmReply, estimate_prompt_tokens
+from services.orchestrator.llm import LlmReply
 from services.orchestrator.model import ToolStatus, TurnRequest, TurnResult
 from services.orchestrator.servicer import ChatServicer
 from services.orchestrator.usage import Reservation, Usage
 from tests.support.redis_server import RedisServer
-from tests.support.turns import Harness, ScriptedLlm, calls, harness, said, until
-
-
-def ends_in_nyan(reply: str) -> bool:
-    return reply.rstrip("。！!？?…").endswith("にゃん")
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[redis.Redis | None]:
-    if request.param == "memory":
-        yield None
-        return
-    client = redisconn.connect(request.getfixturevalue("redis_url"), 2.0)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-_WORST: dict[str, float] = {}
-
-
-async def worst_case_usd() -> float:
-    """The hold of a first LLM call of "こんにちは" with max_tokens 800 at $1/$2 per million."""
-    if "usd" not in _WORST:
-        llm = ScriptedLlm(default=said("にゃん"))
-        async with harness(llm=llm, llm_max_tokens=800) as h:
-            await h.chat("こんにちは", user_id="calibration")
-        request = llm.requests[0]
-        _WORST["usd"] = (estimate_prompt_tokens(request) * 1.0 + request.max_tokens * 2.0) / 1e6
-    return _WORST["usd"]
+from tests.support.turns import (
+    Harness,
+    ScriptedLlm,
+    calls,
+    ends_in_nyan,
+    harness,
+    said,
+    until,
+    worst_case_usd,
+)
 
 
 def slow_settles(h: Harness, seconds: float) -> None:
@@ -174,7 +153,7 @@ async def test_a_turn_cancelled_anywhere_leaves_its_user_free_and_its_budget_who
 ) -> None:
     # The budget fits one call's worst case (and an abandoned call's prompt), never two: a
     # hold left behind by the cancelled turn would send the next turn to the planner.
-    budget = 1.6 * await worst_case_usd()
+    budget = 1.6 * await worst_case_usd(llm_max_tokens=800)
     llm = ScriptedLlm(default=said("はいにゃん", 10, 10))
     async with harness(
         llm=llm, redis_client=store, user_daily_budget_usd=budget, llm_max_tokens=800
@@ -248,7 +227,7 @@ async def test_a_cancel_while_the_redis_lock_is_being_taken_leaves_the_user_free
 async def test_a_cancel_while_the_budget_hold_is_being_taken_gives_it_back(
     redis_url: str,
 ) -> None:
-    budget = 1.6 * await worst_case_usd()
+    budget = 1.6 * await worst_case_usd(llm_max_tokens=800)
     link = SlowLink(redis_url, 0.05)
     slow = redisconn.connect(await link.start(), 2.0)
     direct = redisconn.connect(redis_url, 2.0)

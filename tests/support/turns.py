@@ -36,7 +36,14 @@ from services.common.deadline import Deadline
 from services.common.gazetteer import load_gazetteer
 from services.orchestrator.agent import Agent, AgentParts
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.llm import LlmReply, LlmRequest, LlmTimeout, OnText, StopStream
+from services.orchestrator.llm import (
+    LlmReply,
+    LlmRequest,
+    LlmTimeout,
+    OnText,
+    StopStream,
+    estimate_prompt_tokens,
+)
 from services.orchestrator.main import Channels, build_agent
 from services.orchestrator.model import (
     AssistantMessage,
@@ -400,6 +407,20 @@ async def harness(
         await tools_server.stop(None)
         await emotion_server.stop(None)
         await speech_server.stop(None)
+
+
+def ends_in_nyan(reply: str) -> bool:
+    return reply.rstrip("。！!？?…").endswith("にゃん")
+
+
+async def worst_case_usd(message: str = "こんにちは", **settings: Any) -> float:
+    """What the agent holds against the budgets for the first LLM call of a turn: the prompt's
+    estimate and max_tokens at the fake model's prices ($1 and $2 per million)."""
+    llm = ScriptedLlm(default=said("にゃん"))
+    async with harness(llm=llm, **settings) as h:
+        await h.chat(message, user_id="calibration")
+    request = llm.requests[0]
+    return (estimate_prompt_tokens(request) * 1.0 + request.max_tokens * 2.0) / 1e6
 
 
 async def until(condition: Callable[[], object], seconds: float = 10.0) -> None:
