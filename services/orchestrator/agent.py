@@ -53,6 +53,7 @@ from services.orchestrator.llm import (
     LlmRequest,
     LlmTimeout,
     estimate_prompt_tokens,
+    estimate_text_tokens,
 )
 from services.orchestrator.model import (
     AssistantMessage,
@@ -740,8 +741,8 @@ class Agent:
             return self._prices.usage(reply.model, reply.prompt_tokens, reply.completion_tokens)
         # A stream stopped early (or a provider that says nothing of tokens): what it must have
         # cost at most, the prompt's estimate and the text it wrote.
-        completion = _TOKENS_OF_TEXT(reply.content) + sum(
-            _TOKENS_OF_TEXT(call.arguments) for call in reply.tool_calls
+        completion = estimate_text_tokens(reply.content) + sum(
+            estimate_text_tokens(call.arguments) for call in reply.tool_calls
         )
         return self._prices.usage(self._settings.llm_model, prompt_estimate, completion)
 
@@ -855,11 +856,6 @@ async def _ended(voice: Voice, reply: LlmReply) -> str:
     except StreamRefused as refused:
         return refused.problem
     return ""
-
-
-def _TOKENS_OF_TEXT(text: str) -> int:
-    """At most this many tokens wrote `text` (the prompt estimate's rule: two bytes a token)."""
-    return (len(text.encode("utf-8", "surrogatepass")) + 1) // 2
 
 
 def _json(value: Any) -> str:

@@ -107,6 +107,11 @@ def estimate_prompt_tokens(request: LlmRequest) -> int:
     return _TOKENS_BASE + (size + 1) // 2 + _TOKENS_PER_MESSAGE * len(request.messages)
 
 
+def estimate_text_tokens(text: str) -> int:
+    """At most this many tokens wrote `text`: the prompt estimate's rule, two bytes a token."""
+    return (_utf8_len(text) + 1) // 2
+
+
 def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
