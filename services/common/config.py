@@ -64,6 +64,9 @@ class ServiceSettings(BaseSettings):
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+    # A plaintext port serving only grpc.health.v1.Health, for Kubernetes' native gRPC probes,
+    # which cannot speak TLS; 0 serves health on PORT only.
+    health_port: Port = 0
 
     @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file")
     @classmethod

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 logger = logging.getLogger(__name__)
 
@@ -35,3 +35,10 @@ def serve_metrics(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - 
         return
     start_http_server(port, addr=address)
     logger.info("metrics served", extra={"metrics_port": port})
+
+
+DEPENDENCY_UP = Gauge(
+    "chatagent_dependency_up",
+    "Whether a critical dependency watched by the process answers its health check (1) or not (0).",
+    ["dependency"],
+)

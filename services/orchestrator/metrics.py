@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 TURNS = Counter("chatagent_turns_total", "Chat turns by outcome.", ["outcome"])
 TOOL_CALLS = Counter(
@@ -38,4 +38,41 @@ UNSETTLED = Counter(
     "chatagent_usage_unrecorded_total",
     "LLM usage that could not be recorded in the ledger within an hour of retrying.",
     ["what"],
+)
+
+# -- product metrics: how the agent is used. Never a user id or message text as a label. ---------
+
+CONVERSATION_TURN = Histogram(
+    "chatagent_conversation_turn",
+    "Position of each answered turn in its conversation (1 = the first turn of a conversation); "
+    "observations above N over observations at 1 give the share of conversations reaching N turns.",
+    buckets=(1, 2, 3, 5, 8, 13, 21, 34, 55, 89),
+)
+MESSAGES = Counter(
+    "chatagent_messages_total", "User messages answered, by the language of the turn.", ["language"]
+)
+MESSAGE_FEATURES = Counter(
+    "chatagent_message_features_total",
+    "User messages answered that contain a feature: emoji; invisible (tag, zero-width or other "
+    "characters that render as nothing); unusual (private-use, unassigned or stacked combining "
+    "characters); mixed_script (letters of more than one script besides Latin).",
+    ["feature"],
+)
+TURN_COST = Histogram(
+    "chatagent_turn_cost_usd",
+    "What each answered turn cost in USD (LLM and speech).",
+    buckets=(0, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+TOOL_ANSWERS = Counter(
+    "chatagent_tool_answers_total", "Answered turns whose reply used at least one tool result."
+)
+TOOL_FOLLOWUPS = Counter(
+    "chatagent_tool_answer_followups_total",
+    "Turns that follow, in the same conversation, a turn answered with a tool result: the user "
+    "kept talking (over chatagent_tool_answers_total: the share of tool answers followed up).",
+)
+BUDGET_USED = Gauge(
+    "chatagent_budget_used_ratio",
+    "Share of the global monthly budget spent (0 when no budget is set), read from the ledger.",
+    ["scope"],
 )
