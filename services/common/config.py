@@ -81,6 +81,8 @@ class ServiceSettings(BaseSettings):
             raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        if self.health_port and self.health_port in (self.port, self.metrics_port):
+            raise ValueError("HEALTH_PORT must differ from PORT and METRICS_PORT")
         return self
 
     @field_validator("log_level")

@@ -8,9 +8,13 @@ host and names what must be ready before the service reports SERVING; the host d
   monitor is down (Kubernetes' gRPC probes read it: traffic goes to replicas that can serve);
 * server reflection, so grpcurl-style clients work without our stubs;
 * a request-size limit, tracing, metrics, request ids and access logs on every call;
+* with HEALTH_PORT set, the health service alone on a plaintext port of its own as well, for
+  Kubernetes' native gRPC probes, which cannot speak TLS;
 * SIGTERM or SIGINT: NOT_SERVING at once, in-flight calls get `SHUTDOWN_GRACE_SECONDS` to finish,
   new calls are refused, then the closers run (Redis, HTTP clients, channels), spans are flushed
-  and the process exits with status 0.
+  and the process exits with status 0. After the grace, cleaning up takes at most
+  `SHUTDOWN_CLEANUP_SECONDS`, whatever hangs: a pod's terminationGracePeriodSeconds must exceed
+  the grace plus that.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,7 +36,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.config import ConfigError, ServiceSettings, load
 from services.common.interceptors import TelemetryInterceptor
 from services.common.logs import setup_logging
-from services.common.metrics import serve_metrics
+from services.common.metrics import DEPENDENCY_UP, serve_metrics
 from services.common.tracing import server_interceptors, setup_tracing, shutdown_tracing
 
 logger = logging.getLogger(__name__)
@@ -41,8 +46,11 @@ Closer = Callable[[], Awaitable[Any]]
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-# Each closer gets this long; a hung connection must not keep a terminating pod alive.
-_CLOSE_TIMEOUT_SECONDS = 5.0
+# After the grace: the closers together get this long (a hung connection must not keep a
+# terminating pod alive), then buffered spans get the flush time; what is left is dropped.
+_CLOSE_SECONDS = 5.0
+_SPAN_FLUSH_SECONDS = 3.0
+SHUTDOWN_CLEANUP_SECONDS = _CLOSE_SECONDS + _SPAN_FLUSH_SECONDS
 _READINESS_RETRY_MAX_SECONDS = 5.0
 
 
@@ -107,6 +115,14 @@ class ServiceHost:
             options=server_options(settings),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # The probes' own port: plaintext, health only (no servicer, no reflection), the same
+        # statuses as on PORT. Untraced and unauthenticated, like health on PORT.
+        self.health_server: grpc.aio.Server | None = None
+        if settings.health_port:
+            self.health_server = grpc.aio.server(
+                options=[("grpc.max_receive_message_length", 4096), ("grpc.so_reuseport", 0)]
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
@@ -162,8 +178,13 @@ class ServiceHost:
             self.port = self.server.add_insecure_port(address)
         else:
             self.port = self.server.add_secure_port(address, credentials)
+        if self.health_server is not None:
+            health_address = f"{self.settings.bind_address}:{self.settings.health_port}"
+            self.health_server.add_insecure_port(health_address)
         await self._publish_status()
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         logger.info(
             "listening",
             extra={
@@ -171,9 +192,12 @@ class ServiceHost:
                 "port": self.port,
                 "tls": credentials is not None,
                 "client_certificates": bool(self.settings.tls_client_ca_file),
+                "health_port": self.settings.health_port or self.port,
             },
         )
         self._ready_task = asyncio.create_task(self._become_ready(), name="readiness")
+        for monitor in self._monitors:
+            DEPENDENCY_UP.labels(monitor.name).set(1)
         self._monitor_tasks = [
             asyncio.create_task(self._watch(monitor), name=f"monitor {monitor.name}")
             for monitor in self._monitors
@@ -203,6 +227,7 @@ class ServiceHost:
                 failures += 1
                 if failures >= monitor.failures_to_trip and not monitor.down:
                     monitor.down = True
+                    DEPENDENCY_UP.labels(monitor.name).set(0)
                     error = (
                         f"no answer within {monitor.timeout_seconds}s"
                         if isinstance(exc, TimeoutError)
@@ -217,6 +242,7 @@ class ServiceHost:
                 failures = 0
                 if monitor.down:
                     monitor.down = False
+                    DEPENDENCY_UP.labels(monitor.name).set(1)
                     logger.info(
                         "dependency back: reporting SERVING unless another is down",
                         extra={"dependency": monitor.name},
@@ -258,9 +284,22 @@ class ServiceHost:
         grace = self.settings.shutdown_grace_seconds
         logger.info("stopping", extra={"grace_s": grace})
         await self.server.stop(grace)
-        for name, closer in reversed(self._closers):
+        # Probes go on reading NOT_SERVING until the calls are done, then the port closes.
+        if self.health_server is not None:
+            await self.health_server.stop(None)
+        loop = asyncio.get_running_loop()
+        closing_ends = loop.time() + _CLOSE_SECONDS
+        closers = list(reversed(self._closers))
+        for index, (name, closer) in enumerate(closers):
+            # A fair share of what is left: one that hangs cannot leave the next with nothing.
+            share = (closing_ends - loop.time()) / (len(closers) - index)
             try:
-                await asyncio.wait_for(closer(), _CLOSE_TIMEOUT_SECONDS)
+                await asyncio.wait_for(closer(), max(0.0, share))
+            except TimeoutError:
+                logger.warning(
+                    "close took too long: left unfinished",
+                    extra={"dependency": name, "close_budget_s": _CLOSE_SECONDS},
+                )
             except Exception as exc:
                 logger.warning("close failed", extra={"dependency": name, "error": repr(exc)})
 
@@ -311,5 +350,16 @@ def run(
         logger.critical("cannot start", extra={"error": str(exc)})
         sys.exit(1)
     finally:
-        shutdown_tracing()
+        _flush_spans(_SPAN_FLUSH_SECONDS)
     logger.info("stopped")
+
+
+def _flush_spans(timeout_seconds: float) -> None:
+    """Export the buffered spans, giving up after `timeout_seconds`: the SDK's own flush ignores
+    its timeout and retries an unreachable collector for up to the exporter's timeout, then
+    waits up to 30 s for its worker. Its threads are daemons, so the process does not wait."""
+    worker = threading.Thread(target=shutdown_tracing, name="span flush", daemon=True)
+    worker.start()
+    worker.join(timeout_seconds)
+    if worker.is_alive():
+        logger.warning("spans not exported in time: dropped", extra={"flush_s": timeout_seconds})

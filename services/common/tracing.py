@@ -28,7 +28,11 @@ def setup_tracing(service_name: str, otlp_endpoint: str) -> TracerProvider:
     global _provider
     if _provider is not None:
         return _provider
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+    # No flush at exit of its own: the server's shutdown flushes within a bound, and the SDK's
+    # exit hook would wait up to 30 s more on a collector that does not answer.
+    provider = TracerProvider(
+        resource=Resource.create({SERVICE_NAME: service_name}), shutdown_on_exit=False
+    )
     if otlp_endpoint:
         exporter = OTLPSpanExporter(
             endpoint=otlp_endpoint, insecure=otlp_endpoint.startswith("http://")
