@@ -37,7 +37,7 @@ from services.common.status import Metadata, retry_metadata
 from services.common.timezones import resolve_zone
 from services.common.tracing import current_trace_id
 from services.common.validation import InvalidArgument
-from services.orchestrator import metrics, persona, planner
+from services.orchestrator import insights, metrics, persona, planner
 from services.orchestrator.clients import (
     EmotionClient,
     SpeechClient,
@@ -195,6 +195,12 @@ class _Turn:
     settlements: list[asyncio.Task[None]] = field(default_factory=list)
     voice: Voice | None = None  # what the caller hears while the reply is written
     tts_characters: int = 0
+    progress: insights.Progress = insights.FIRST_TURN
+
+    @property
+    def tool_results(self) -> int:
+        """Tool results the reply could use (not failures, fallbacks or refusals)."""
+        return sum(1 for outcome in self.outcomes if outcome.status == ToolStatus.OK)
 
     def degrade(self, part: str) -> None:
         if part not in self.degraded:
@@ -277,6 +283,7 @@ class Agent:
             request_id=request.request_id,
             max_message_chars=self._settings.max_message_chars,
         )
+        features = insights.message_features(request.message)
         request = replace(request, message=message, caller=request.caller or ANONYMOUS)
         mark = fingerprint(request)
         sessions = self._parts.sessions
@@ -313,7 +320,9 @@ class Agent:
                             replayed = self._replay(stored, mark)
                             if replayed is not None:
                                 return replayed
-                        return await self._locked_turn(request, mark, lease, deadline, emit)
+                        return await self._locked_turn(
+                            request, mark, lease, deadline, emit, features
+                        )
             except (TimeoutError, LockTimeout) as exc:
                 metrics.TURNS.labels("deadline_exceeded").inc()
                 raise TurnTimeout("the turn could not finish before the deadline") from exc
@@ -353,6 +362,7 @@ class Agent:
         lease: Lease,
         deadline: Deadline,
         emit: Emit | None,
+        features: frozenset[str] = frozenset(),
     ) -> TurnResult:
         settings = self._settings
         session = await self._parts.sessions.load(request.user_id)
@@ -373,6 +383,7 @@ class Agent:
             emit=emit or _ignore,
             history=session.history,
             places=self._parts.places,
+            progress=insights.progress_of(session.history, self._parts.wall_clock().timestamp()),
         )
         speech_hold = await self._hold_speech(turn) if request.include_audio else None
         if emit is not None or request.include_audio:
@@ -422,6 +433,13 @@ class Agent:
         # the same request id then gets this answer instead of a second, different turn.
         await self._finish_anyway(self._commit(turn, lease, result, mark))
         metrics.TURNS.labels("degraded" if turn.degraded else "ok").inc()
+        insights.record_answered(
+            turn.progress,
+            language=language,
+            features=features,
+            cost_usd=result.usage.cost_usd,
+            tool_results=turn.tool_results,
+        )
         return result
 
     def _home_place(self, preferences: Preferences, timezone: str) -> str:
@@ -472,6 +490,8 @@ class Agent:
                     language=result.language,
                     at=self._parts.wall_clock().timestamp(),
                     request_id=request.request_id,
+                    position=turn.progress.position,
+                    tool_results=turn.tool_results,
                 ),
                 answer=encode_answer(result, mark),
                 preferences=Preferences(timezone=request.timezone, place=self._asked_place(turn)),

@@ -43,6 +43,8 @@ def encode_turn(turn: HistoryTurn) -> bytes:
             "language": turn.language,
             "at": turn.at,
             "request_id": turn.request_id,
+            "position": turn.position,
+            "tool_results": turn.tool_results,
         }
     )
 
@@ -56,6 +58,8 @@ def decode_turn(raw: bytes) -> HistoryTurn:
             language=str(data["language"]),
             at=float(data["at"]),
             request_id=str(data.get("request_id", "")),
+            position=max(0, int(data.get("position", 0))),
+            tool_results=max(0, int(data.get("tool_results", 0))),
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError("a stored turn has an unexpected shape") from exc

@@ -18,6 +18,7 @@ from services.common.breakers import Breaker, BreakerBoard
 from services.common.channels import open_channel
 from services.common.gazetteer import Gazetteer, load_gazetteer
 from services.common.language import warm_up
+from services.orchestrator import insights
 from services.orchestrator.agent import Agent, AgentParts
 from services.orchestrator.clients import EmotionClient, SpeechClient, ToolRunner, is_caller_error
 from services.orchestrator.config import OrchestratorSettings
@@ -181,6 +182,17 @@ async def setup(host: server.ServiceHost, settings: OrchestratorSettings) -> Non
     )
     host.add_readiness_check("breakers", board.start)
     host.add_closer("breakers", board.aclose)
+    budget_gauge = asyncio.create_task(
+        insights.watch_budget(
+            agent.parts.ledger, settings.global_monthly_budget_usd, agent.parts.wall_clock
+        ),
+        name="budget gauge",
+    )
+
+    async def stop_budget_gauge() -> None:
+        budget_gauge.cancel()
+
+    host.add_closer("budget gauge", stop_budget_gauge)
     # Closed before the channels and Redis: what is still being recorded gets its moment.
     host.add_closer("agent", agent.aclose)
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(agent, settings), host.server)

@@ -87,6 +87,8 @@ class HistoryTurn:
     language: str
     at: float  # Unix time the turn finished
     request_id: str = ""
+    position: int = 0  # in its conversation, from 1 (0: stored before positions were kept)
+    tool_results: int = 0  # tool results the reply used
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,6 +246,10 @@ class Ledger(Protocol):
 
     async def report(self, user_id: str, now: datetime) -> UsageReport: ...
 
+    async def global_month(self, now: datetime) -> UsageTotals:
+        """What every user together used in the month of `now`."""
+        ...
+
     async def erase(self, user_id: str) -> int:
         """Remove the user's usage records; how many there were. Other totals are kept."""
         ...
@@ -442,6 +446,10 @@ class MemoryLedger:
             global_today=_totals(self._global.day.get(day)),
             global_month=_totals(self._global.month.get(month)),
         )
+
+    async def global_month(self, now: datetime) -> UsageTotals:
+        _, month = _periods(now)
+        return _totals(self._global.month.get(month))
 
     async def erase(self, user_id: str) -> int:
         books = self._users.get(user_id)
@@ -763,6 +771,11 @@ class RedisLedger:
             rows = await pipe.execute()
         t = [_totals(_counts(row)) for row in rows]
         return UsageReport(user_today=t[0], user_month=t[1], global_today=t[2], global_month=t[3])
+
+    async def global_month(self, now: datetime) -> UsageTotals:
+        _, month = _periods(now)
+        row = await self._client.hmget(_global_key(f"month:{month}"), list(_FIELDS))
+        return _totals(_counts(row))
 
     async def erase(self, user_id: str) -> int:
         index = user_key(user_id, "usage:keys")
