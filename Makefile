@@ -57,5 +57,24 @@ bench: setup
 chat: setup
 	$(PY) -m services.orchestrator.cli
 
+# requirements.lock: the runtime dependencies (not the dev extra) pinned with their hashes, for the
+# image (Linux x86_64, CPython 3.11; markers kept, so pip skips what 3.11.x does not need). It is
+# resolved against PyPI alone, with this machine's pip configuration (local indexes, constraints)
+# shut out, so every hash in it is one of PyPI's. uv runs from a scratch venv, not from .venv.
+LOCK_VENV := build/lock-venv
+UV_VERSION := 0.13.9
+
+.PHONY: lock
+lock:
+	test -x $(LOCK_VENV)/bin/uv || { $(PYTHON) -m venv $(LOCK_VENV) && \
+		env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/pip install --quiet \
+		--index-url https://pypi.org/simple uv==$(UV_VERSION); }
+	env -u PIP_FIND_LINKS -u UV_INDEX -u UV_INDEX_URL -u UV_EXTRA_INDEX_URL -u UV_FIND_LINKS \
+		-u UV_CONSTRAINT -u UV_OVERRIDE PIP_CONFIG_FILE=/dev/null UV_NO_CONFIG=1 \
+		$(LOCK_VENV)/bin/uv pip compile pyproject.toml --quiet --no-config \
+		--index-url https://pypi.org/simple --generate-hashes --no-strip-markers \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--custom-compile-command 'make lock' --output-file requirements.lock
+
 clean:
 	rm -rf $(VENV) chatagent node_modules .pytest_cache .mypy_cache .ruff_cache
