@@ -4,6 +4,9 @@ exception. Whatever comes back is checked before the turn uses it.
 
 A cancelled turn cancels the calls themselves (the services see CANCELLED): nothing runs on for
 nobody.
+
+Each tool call the LLM asks for is a span, `execute_tool {tool}` (OpenTelemetry's GenAI
+conventions), whose child is the gRPC call to ToolService; see `ToolRunner`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import time
 import wave
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -20,6 +24,8 @@ from typing import Any, Final
 import grpc
 import grpc.aio
 from google.protobuf import json_format
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from chatagent.v1 import emotion_pb2, emotion_pb2_grpc, speech_pb2, speech_pb2_grpc, tools_pb2_grpc
 from services.common.breakers import Breaker, CircuitOpen, grpc_codes
@@ -55,6 +61,9 @@ _MAX_TOOL_ERROR_CHARS: Final = 300
 MAX_TOOL_RESULT_BYTES: Final = 16_384
 # Metric label for tool names the contract does not have (the LLM's inventions).
 UNKNOWN_TOOL: Final = "unknown"
+# A call id goes on the tool's span only if it looks like one: it comes from the LLM, which may
+# have put anything in it (the user's words included).
+_SPAN_CALL_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 is_caller_error = grpc_codes(*CALLER_ERRORS)
@@ -69,7 +78,20 @@ class ToolRunner:
     call's `ToolSpec` for everything about the tool itself.
 
     Each tool has a breaker of its own (`breakers` by tool name): the weather's upstream being
-    down must not switch the calculator off with it."""
+    down must not switch the calculator off with it.
+
+    Every call asked for is a span `execute_tool {tool}` (kind INTERNAL) with
+    `gen_ai.operation.name`, `gen_ai.tool.name` (a tool of the contract, else "unknown": the
+    name comes from the LLM), `gen_ai.tool.type`, `gen_ai.tool.call.id` and
+    `chatagent.tool.status` (ToolStatus, lower case); its duration is the call's. The gRPC call
+    to ToolService is its child. Calls answered without running (a repeat of an earlier call,
+    or one over the cap) get a span too, of no duration and without a child: the trace then
+    lists every call of the response, as ChatResponse.tool_calls does, and shows why one did
+    not reach the tools. A call whose tool failed (status "fallback" or "circuit_open") is an
+    ERROR with `error.type` (the gRPC code, "circuit_open", "no_time_left",
+    "answer_too_large"); a call the LLM got wrong ("invalid_argument", "rejected") is not: the
+    tools worked. Arguments and results never go on a span: they can hold the user's words.
+    """
 
     def __init__(
         self,
@@ -77,8 +99,10 @@ class ToolRunner:
         breakers: Mapping[str, Breaker],
         *,
         timeout_seconds: float,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._timeout = timeout_seconds
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         stub = tools_pb2_grpc.ToolServiceStub(channel)
         self._specs = tool_specs()
         missing = set(self._specs) - set(breakers)
@@ -133,6 +157,7 @@ class ToolRunner:
             elif kind == "dup":
                 first = seen.get(key) or pending[key].result()
                 outcome = ToolOutcome(call, ToolStatus.DEDUPLICATED, first.result, 0.0)
+                self._span(call).end_with(outcome.status)
                 self._count(call, outcome)
                 await on_finish(outcome)
             else:
@@ -142,6 +167,7 @@ class ToolRunner:
                     {"error": f"too many tool calls: at most {allowed} more run in this turn"},
                     0.0,
                 )
+                self._span(call).end_with(outcome.status, capped=True)
                 self._count(call, outcome)
                 await on_finish(outcome)
             outcomes.append(outcome)
@@ -162,11 +188,34 @@ class ToolRunner:
         on_finish: OnFinish,
     ) -> ToolOutcome:
         started = time.perf_counter()
-        status, result = await self._call(call, context, deadline, reserve)
+        span = self._span(call)
+        try:
+            with trace.use_span(
+                span.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+            ):
+                status, result = await self._call(call, context, deadline, reserve)
+        except BaseException as exc:
+            span.end_failed(exc)
+            raise
         outcome = ToolOutcome(call, status, result, time.perf_counter() - started)
+        span.end_with(status)
         self._count(call, outcome)
         await on_finish(outcome)
         return outcome
+
+    def _span(self, call: ToolCallRequest) -> _ToolSpan:
+        tool = call.name if call.name in self._specs else UNKNOWN_TOOL
+        attributes: dict[str, str] = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": tool,
+            "gen_ai.tool.type": "function",
+        }
+        if _SPAN_CALL_ID.fullmatch(call.id):
+            attributes["gen_ai.tool.call.id"] = call.id
+        span = self._tracer.start_span(
+            f"execute_tool {tool}", kind=SpanKind.INTERNAL, attributes=attributes
+        )
+        return _ToolSpan(span)
 
     async def _call(
         self, call: ToolCallRequest, context: ToolContext, deadline: Deadline, reserve: float
@@ -182,11 +231,12 @@ class ToolRunner:
             return ToolStatus.REJECTED, {"error": str(exc)}
         budget = deadline.budget(self._timeout, reserve=reserve)
         if not budget.usable:
-            return self._fallback(spec, "no time left in the turn")
+            return self._fallback(spec, "no_time_left")
         try:
             with self._breakers[spec.name].calling(budget):
                 response = await unary(self._methods[spec.name](request, timeout=budget.seconds))
         except CircuitOpen:
+            _failed_on_span("circuit_open")
             return ToolStatus.CIRCUIT_OPEN, spec.fallback()
         except grpc.aio.AioRpcError as exc:
             if exc.code() in CALLER_ERRORS:
@@ -195,7 +245,7 @@ class ToolRunner:
             return self._fallback(spec, exc.code().name, budget)
         if response.ByteSize() > MAX_TOOL_RESULT_BYTES:
             # Every byte of it would go into the next prompt, at the user's expense.
-            return self._fallback(spec, "answer too large", budget)
+            return self._fallback(spec, "answer_too_large", budget)
         return ToolStatus.OK, json_format.MessageToDict(
             response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
@@ -204,6 +254,9 @@ class ToolRunner:
     def _fallback(
         spec: ToolSpec, why: str, budget: Budget | None = None
     ) -> tuple[ToolStatus, dict[str, Any]]:
+        """The tool's fallback result; `why` is a short fixed token (a gRPC code name, or
+        "no_time_left", "answer_too_large"), for the log and the span's `error.type`."""
+        _failed_on_span(why)
         logger.info(
             "tool fell back",
             extra={
@@ -213,6 +266,35 @@ class ToolRunner:
             },
         )
         return ToolStatus.FALLBACK, spec.fallback()
+
+
+class _ToolSpan:
+    """The span of one tool call (see ToolRunner), ended once with the call's status."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def end_with(self, status: ToolStatus, *, capped: bool = False) -> None:
+        self.span.set_attribute("chatagent.tool.status", status.name.lower())
+        if capped:
+            self.span.set_attribute("chatagent.tool.capped", True)
+        self.span.end()
+
+    def end_failed(self, error: BaseException) -> None:
+        """The call did not finish: cancelled with its turn, or a bug."""
+        kind = "cancelled" if isinstance(error, asyncio.CancelledError) else type(error).__name__
+        self.span.set_attribute("error.type", kind)
+        self.span.set_status(Status(StatusCode.ERROR))
+        self.span.end()
+
+
+def _failed_on_span(error_type: str) -> None:
+    """Marks the current span (the tool call's) as failed, `error_type` a short fixed token."""
+    span = trace.get_current_span()
+    span.set_attribute("error.type", error_type)
+    span.set_status(Status(StatusCode.ERROR))
 
 
 class EmotionClient:

@@ -10,17 +10,24 @@ for up to two minutes regardless of any caller's budget, and also retries 408/40
 `x-should-retry` says. The caller here has a hard budget and a local fallback, so a wait that
 cannot fit in the budget must end the call at once (LlmUnavailable) instead of sleeping until
 the deadline cancels it.
+
+Each call is one span (OpenTelemetry's GenAI conventions, `chat {model}`, kind CLIENT) from the
+first attempt to the last chunk, retries included (an event each). It carries what an operator
+needs and nothing the user wrote: model, bound, token counts, finish reason, response id, error
+class; never the messages or the reply (see `_LlmSpan`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
 import math
 import random
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, cast
@@ -28,6 +35,8 @@ from typing import Any, Final, Literal, Protocol, cast
 import httpx
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.common.deadline import Deadline
 from services.orchestrator.model import (
@@ -171,7 +180,9 @@ class OpenAIChat:
         http_client: httpx.AsyncClient | None = None,
         temperature: float | None = None,
         max_tokens_parameter: MaxTokensParameter = "max_tokens",
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
+        """`tracer_provider`: where the calls' spans go (the process's provider by default)."""
         if not api_key:
             # The openai client would fail with a message about its own environment variables.
             raise ValueError("api_key must not be empty (local servers accept any placeholder)")
@@ -189,16 +200,29 @@ class OpenAIChat:
             # openai accepts httpx and httpx2 clients alike; its annotation names only httpx2.
             http_client=cast(Any, http_client),
         )
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+        self._span_name = f"chat {_bounded(model)}"
+        self._span_attributes = _request_attributes(
+            model, str(self.client.base_url), temperature=temperature
+        )
 
     async def complete(self, request: LlmRequest, *, timeout_seconds: float) -> LlmReply:
         deadline = Deadline.after(timeout_seconds)
         body = self._body(request)
-        try:
-            async with deadline.timeout():
-                completion = await self._create_with_retries(body, deadline)
-        except TimeoutError as exc:
-            raise LlmTimeout(f"LLM gave no answer within {timeout_seconds:.3g}s") from exc
-        return _reply_from(completion, self._model)
+        with self._span(request) as span:
+            try:
+                async with deadline.timeout():
+                    with span.current():
+                        completion = await self._create_with_retries(body, deadline)
+            except TimeoutError as exc:
+                raise LlmTimeout(f"LLM gave no answer within {timeout_seconds:.3g}s") from exc
+            span.response(
+                response_id=getattr(completion, "id", None),
+                model=getattr(completion, "model", None),
+                finish_reason=_first_finish_reason(completion),
+                usage=getattr(completion, "usage", None),
+            )
+            return _reply_from(completion, self._model)
 
     async def stream(
         self, request: LlmRequest, *, timeout_seconds: float, on_text: OnText
@@ -207,13 +231,23 @@ class OpenAIChat:
         body = self._body(request)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        try:
-            async with deadline.timeout():
-                # Retries happen before the first chunk only: nothing has been said yet.
-                chunks = await self._create_with_retries(body, deadline, stream=True)
-                return await _read_stream(chunks, on_text, self._model)
-        except TimeoutError as exc:
-            raise LlmTimeout(f"LLM gave no answer within {timeout_seconds:.3g}s") from exc
+        with self._span(request) as span:
+            try:
+                async with deadline.timeout():
+                    # Retries happen before the first chunk only: nothing has been said yet.
+                    with span.current():
+                        chunks = await self._create_with_retries(body, deadline, stream=True)
+                    # Read in the caller's context, not the LLM span's: what `on_text` starts
+                    # (speech, sentence by sentence) belongs to the turn, not to this call.
+                    return await _read_stream(chunks, on_text, self._model, span)
+            except TimeoutError as exc:
+                raise LlmTimeout(f"LLM gave no answer within {timeout_seconds:.3g}s") from exc
+
+    def _span(self, request: LlmRequest) -> _LlmSpan:
+        attributes = dict(self._span_attributes)
+        attributes[_MAX_TOKENS_ATTRIBUTE] = request.max_tokens
+        span = self._tracer.start_span(self._span_name, kind=SpanKind.CLIENT, attributes=attributes)
+        return _LlmSpan(span)
 
     async def aclose(self) -> None:
         # An injected HTTP client belongs to whoever made it.
@@ -251,6 +285,7 @@ class OpenAIChat:
                     raise TimeoutError from exc
                 # The attempt already waited; retry at once on a fresh connection.
                 logger.info("LLM attempt %d timed out; retrying", attempt + 1)
+                _retry_event(attempt, "timeout", 0.0)
                 continue
             except openai.APIConnectionError as exc:
                 failure = exc
@@ -277,6 +312,7 @@ class OpenAIChat:
                     "would not fit in the time left"
                 ) from failure
             logger.info("LLM attempt %d failed (%s); retrying in %.2fs", attempt + 1, reason, delay)
+            _retry_event(attempt, reason, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
@@ -427,6 +463,7 @@ def _reply_from(completion: object, configured_model: str) -> LlmReply:
         completion_tokens=_count(usage, "completion_tokens"),
         model=model[:_MAX_MODEL_CHARS] if isinstance(model, str) and model else configured_model,
         truncated=getattr(choices[0], "finish_reason", None) == "length",
+        usage_reported=usage is not None,
     )
 
 
@@ -443,18 +480,23 @@ class _StreamedCall:
     size: int = 0
 
 
-async def _read_stream(chunks: Any, on_text: OnText, configured_model: str) -> LlmReply:
+async def _read_stream(
+    chunks: Any, on_text: OnText, configured_model: str, span: _LlmSpan | None = None
+) -> LlmReply:
     """The streamed chunks as one reply: text handed to `on_text` as it comes, tool calls put
-    together from their pieces, usage from the last chunk. Nothing in a chunk is trusted."""
+    together from their pieces, usage from the last chunk. Nothing in a chunk is trusted.
+    What the provider said of the response goes on `span`, however the stream ends."""
     text: list[str] = []
     size = 0
     calls: dict[int, _StreamedCall] = {}
     usage: object = None
     model: object = None
+    response_id: object = None
     finish: object = None
     stopped = False
     try:
         async for chunk in _aiter(chunks):
+            response_id = response_id or getattr(chunk, "id", None)
             model = getattr(chunk, "model", None) or model
             usage = getattr(chunk, "usage", None) or usage
             choices = getattr(chunk, "choices", None)
@@ -474,6 +516,14 @@ async def _read_stream(chunks: Any, on_text: OnText, configured_model: str) -> L
     except StopStream:
         stopped = True
     finally:
+        if span is not None:
+            span.response(
+                response_id=response_id,
+                model=model,
+                finish_reason=finish,
+                usage=usage,
+                stopped=stopped,
+            )
         close = getattr(chunks, "close", None)
         if close is not None:
             await close()
@@ -597,3 +647,129 @@ def _count(usage: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return 0
     return min(value, _MAX_TOKEN_COUNT)
+
+
+# -- the span of one call ----------------------------------------------------------------------
+
+# OpenTelemetry GenAI semantic conventions (gen-ai-spans, openai). `gen_ai.provider.name`
+# replaced `gen_ai.system`; both are set, so queries of either find the calls.
+_PROVIDER: Final = "openai"
+_MAX_TOKENS_ATTRIBUTE: Final = "gen_ai.request.max_tokens"
+# Whatever the provider sends is untrusted: strings from it are cut to this on a span.
+_MAX_ATTRIBUTE_CHARS: Final = 128
+_MAX_FINISH_REASON_CHARS: Final = 32
+
+
+def _bounded(value: str, limit: int = _MAX_ATTRIBUTE_CHARS) -> str:
+    return value if len(value) <= limit else value[:limit]
+
+
+def _request_attributes(model: str, base_url: str, *, temperature: float | None) -> dict[str, Any]:
+    url = urllib.parse.urlsplit(base_url)
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": _PROVIDER,
+        "gen_ai.system": _PROVIDER,
+        "gen_ai.request.model": _bounded(model),
+        "server.address": _bounded(url.hostname or ""),
+        "server.port": url.port or (443 if url.scheme == "https" else 80),
+    }
+    if temperature is not None:
+        attributes["gen_ai.request.temperature"] = temperature
+    return attributes
+
+
+def _first_finish_reason(completion: object) -> object:
+    choices = getattr(completion, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return None
+    return getattr(choices[0], "finish_reason", None)
+
+
+def _retry_event(attempt: int, reason: str, delay_seconds: float) -> None:
+    """A retry, on the current (the call's) span; `reason` is ours ("HTTP 503", "timeout")."""
+    trace.get_current_span().add_event(
+        "chatagent.llm.retry",
+        {"attempt": attempt + 1, "reason": reason, "delay_seconds": round(delay_seconds, 3)},
+    )
+
+
+class _LlmSpan:
+    """The span of one LLM call, ended when the call is, however it ends.
+
+    A failure sets the status to ERROR and `error.type` to the class of what went wrong
+    (`LlmTimeout`, `LlmUnavailable`, `LlmRejected` with `http.response.status_code`, ...):
+    never the exception's text, and no exception event, for an exception's text may quote the
+    request. A call cancelled by its caller (the turn was cancelled, or ran out of time) is an
+    ERROR with `error.type` "cancelled": the provider may have billed it, and the operator
+    should see it. A stream the turn stopped on purpose (StopStream) is no error; it carries
+    `chatagent.llm.stopped`.
+    """
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> _LlmSpan:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
+        try:
+            if error is not None:
+                self._failed(error)
+        finally:
+            self._span.end()
+
+    def current(self) -> contextlib.AbstractContextManager[Span]:
+        """The span as the current one (for the HTTP requests of the call, its retries)."""
+        return trace.use_span(
+            self._span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
+
+    def response(
+        self,
+        *,
+        response_id: object,
+        model: object,
+        finish_reason: object,
+        usage: object,
+        stopped: bool = False,
+    ) -> None:
+        """What the provider said of its response; each part only if it said it."""
+        span = self._span
+        if isinstance(response_id, str) and response_id:
+            span.set_attribute("gen_ai.response.id", _bounded(response_id))
+        if isinstance(model, str) and model:
+            span.set_attribute("gen_ai.response.model", _bounded(model))
+        if isinstance(finish_reason, str) and finish_reason:
+            span.set_attribute(
+                "gen_ai.response.finish_reasons",
+                [_bounded(finish_reason, _MAX_FINISH_REASON_CHARS)],
+            )
+        if usage is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", _count(usage, "prompt_tokens"))
+            span.set_attribute("gen_ai.usage.output_tokens", _count(usage, "completion_tokens"))
+        if stopped:
+            span.set_attribute("chatagent.llm.stopped", True)
+
+    def _failed(self, error: BaseException) -> None:
+        if isinstance(error, asyncio.CancelledError):
+            kind = "cancelled"
+        else:
+            kind = type(error).__name__
+            status = _http_status(error)
+            if status is not None:
+                self._span.set_attribute("http.response.status_code", status)
+        self._span.set_attribute("error.type", kind)
+        self._span.set_status(Status(StatusCode.ERROR))
+
+
+def _http_status(error: BaseException) -> int | None:
+    """The HTTP status the provider answered with, if the failure was an answer."""
+    if isinstance(error, LlmRejected):
+        return error.status
+    cause = error.__cause__
+    if isinstance(cause, openai.APIStatusError):
+        return cause.status_code
+    return None
