@@ -15,6 +15,7 @@ service module is imported: they see what Python code does, not what a C library
 subprocess does on its own (the image build runs the check with `--network=none` and a tmpfs
 /tmp for that).
 
+`python -m scripts.check_offline_data speech emotion` runs only the checks named (see `CHECKS`).
 Exits 0 when everything loaded; 1 with one line per missing or broken part otherwise. The image
 build runs it in the final stage as the services' user, so an image without its data never
 ships; tests/test_image.py runs it on the development machine.
@@ -281,16 +282,22 @@ async def https_roots() -> str:
     return "httpx's CA bundle loaded"
 
 
-def find_temp_dir() -> str | None:
-    """The temp directory Python uses (the first writable of $TMPDIR, /tmp, /var/tmp, /usr/tmp
-    and the working directory), made the one place writes are allowed; None when there is none.
-    Called before the audit hook is on: finding it means writing a file into each candidate."""
+def guard() -> str | None:
+    """Turn the network off for this process and allow writes only in the temp directory.
+
+    Returns the temp directory (the first writable of $TMPDIR, /tmp, /var/tmp, /usr/tmp and the
+    working directory), or None when there is none. It is looked for before the hook is on,
+    since finding it means writing a file into each candidate. The hook stays for the life of
+    the process (audit hooks cannot be removed).
+    """
     global _writable
     try:
-        found = os.path.realpath(tempfile.gettempdir())
+        found: str | None = os.path.realpath(tempfile.gettempdir())
     except FileNotFoundError:
-        return None
-    _writable = (found, "/dev")
+        found = None
+    if found is not None:
+        _writable = (found, "/dev")
+    sys.addaudithook(_audit)
     return found
 
 
@@ -305,9 +312,10 @@ CHECKS: Final[dict[str, Check]] = {
 }
 
 
-async def run() -> list[str]:
+async def run(names: list[str]) -> list[str]:
     failures = []
-    for name, check in CHECKS.items():
+    for name in names:
+        check = CHECKS[name]
         started = time.monotonic()
         try:
             detail = await check()
@@ -321,11 +329,14 @@ async def run() -> list[str]:
     return failures
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    unknown = [name for name in argv if name not in CHECKS]
+    if unknown:
+        print(f"no such check: {unknown}; the checks are {list(CHECKS)}", file=sys.stderr)
+        return 2
     # The services' own warnings (a voice that did not load says why) go to stderr.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    temp = find_temp_dir()
-    sys.addaudithook(_audit)
+    temp = guard()
     failures = []
     if temp is None:
         # py3langid (the emotion service, the orchestrator) cannot load without one.
@@ -333,7 +344,8 @@ def main() -> int:
         print(f"FAIL {failures[-1]}", flush=True)
     else:
         print(f"ok   temp dir: {temp} is writable", flush=True)
-    failures += asyncio.run(run())
+    names = argv or list(CHECKS)
+    failures += asyncio.run(run(names))
     failures += [f"network used: {attempt}" for attempt in dict.fromkeys(network_attempts)]
     failures += [
         f"writes outside {temp or 'the temp dir'} (read-only in the image): {write}"
@@ -344,9 +356,13 @@ def main() -> int:
         for failure in failures:
             print(f"  {failure}", file=sys.stderr)
         return 1
-    print("every data file the services need loaded offline")
+    print(
+        "every data file the services need loaded offline"
+        if names == list(CHECKS)
+        else "passed offline: " + ", ".join(names)
+    )
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
