@@ -75,11 +75,13 @@ class EndlessSpeech(speech_pb2_grpc.SpeechServiceServicer):
     def __init__(self) -> None:
         self.sent = 0
         self.abandoned = Abandonment()
+        self.remaining: float | None = None
 
     async def Synthesize(
         self, request: speech_pb2.SynthesizeRequest, context: Context
     ) -> AsyncIterator[speech_pb2.SynthesizeResponse]:
         self.abandoned.started.set()
+        self.remaining = context.time_remaining()
         try:
             while True:
                 yield speech_pb2.SynthesizeResponse(sequence=self.sent, text=request.text)
@@ -162,6 +164,16 @@ async def test_every_call_carries_a_deadline(served: Served) -> None:
     assert 2.5 < without_deadline < 3.5
 
 
+async def test_every_stream_carries_a_deadline_too(served: Served) -> None:
+    call = served.speech_stub.Synthesize(speech_pb2.SynthesizeRequest(text="a"))
+    async with streaming(call) as responses:
+        async for _ in responses:
+            break
+    remaining = served.speech.remaining
+    assert remaining is not None
+    assert 2.5 < remaining < 3.5
+
+
 async def test_trace_context_travels_with_outbound_calls(served: Served) -> None:
     servicer, stub = served.tools, served.stub
     provider = trace.get_tracer_provider()
@@ -217,7 +229,7 @@ async def test_cancelling_the_call_object_cancels_it_on_the_server(served: Serve
 async def test_without_the_wire_tie_the_tracing_interceptor_loses_the_cancel(
     served: Served,
 ) -> None:
-    """Why the channel needs CancelOnWire: through OpenTelemetry's interceptor alone, the
+    """Why the channel needs cancel_on_wire(): through OpenTelemetry's interceptor alone, the
     server never hears of the cancel (if this starts failing, OpenTelemetry fixed it)."""
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{served.port}", interceptors=list(client_interceptors())

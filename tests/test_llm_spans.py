@@ -26,7 +26,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from chatagent.v1 import speech_pb2, speech_pb2_grpc, tools_pb2_grpc
 from services.common.breakers import BreakerBoard
-from services.common.channels import CancelOnWire, streaming, unary
+from services.common.channels import cancel_on_wire, streaming, unary
 from services.common.deadline import Deadline
 from services.common.tracing import client_interceptors
 from services.orchestrator import llm as llm_module
@@ -364,7 +364,7 @@ async def tools(
     )
     # As open_channel builds it, with the spans going to this test's provider.
     channel = grpc.aio.insecure_channel(
-        address, interceptors=[*client_interceptors(provider), CancelOnWire()]
+        address, interceptors=[*client_interceptors(provider), *cancel_on_wire()]
     )
     board = BreakerBoard()
     breakers = {
@@ -557,7 +557,7 @@ async def speech(
     servicer = Endless()
     server, address = await _serve(speech_pb2_grpc.add_SpeechServiceServicer_to_server, servicer)
     channel = grpc.aio.insecure_channel(
-        address, interceptors=[*client_interceptors(provider), CancelOnWire()]
+        address, interceptors=[*client_interceptors(provider), *cancel_on_wire()]
     )
     try:
         yield speech_pb2_grpc.SpeechServiceStub(channel), servicer

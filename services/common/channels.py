@@ -59,10 +59,11 @@ def retry_service_config(
     return json.dumps(config)
 
 
-class DefaultDeadline(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-):
+# grpc.aio files an interceptor under the first call kind it implements only (unary-unary before
+# unary-stream), so each kind gets a class of its own.
+
+
+class _DefaultDeadline:
     """Gives a call made without `timeout=` a deadline anyway: nothing waits forever."""
 
     def __init__(self, seconds: float) -> None:
@@ -79,6 +80,8 @@ class DefaultDeadline(
             details.wait_for_ready,
         )
 
+
+class _UnaryDefaultDeadline(_DefaultDeadline, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self,
         continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
@@ -87,6 +90,8 @@ class DefaultDeadline(
     ) -> Any:
         return await continuation(self._bounded(client_call_details), request)
 
+
+class _StreamDefaultDeadline(_DefaultDeadline, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self,
         continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
@@ -96,50 +101,59 @@ class DefaultDeadline(
         return await continuation(self._bounded(client_call_details), request)
 
 
-class CancelOnWire(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-):
-    """Cancels the RPC on the wire when the call object the caller holds is cancelled.
+def default_deadline(seconds: float) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors giving every unary and server-streaming call a deadline of `seconds` when
+    its caller set none."""
+    return [_UnaryDefaultDeadline(seconds), _StreamDefaultDeadline(seconds)]
+
+
+def _tie(call: grpc.aio.Call) -> None:
+    interceptors_task = asyncio.current_task()
+    if interceptors_task is None:  # pragma: no cover - interceptors always run in a task
+        return
+
+    def end(task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            call.cancel()
+
+    interceptors_task.add_done_callback(end)
+
+
+class _UnaryCancelOnWire(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        call = await continuation(client_call_details, request)
+        _tie(call)
+        return call
+
+
+class _StreamCancelOnWire(grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        call = await continuation(client_call_details, request)
+        _tie(call)
+        return call
+
+
+def cancel_on_wire() -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that cancel the RPC on the wire when the call object the caller holds is
+    cancelled (the innermost of a channel's interceptors).
 
     grpc runs a channel's interceptors in a task of their own, and cancelling the caller's call
     object (or the task awaiting it) cancels that task; an interceptor that is awaiting the
     RPC's status there (OpenTelemetry's does) then gives up waiting, and the RPC itself runs on.
-    This interceptor, the innermost, sees the RPC itself: when the interceptors' task ends
-    cancelled or failed, nobody can reach the RPC any more, so it is cancelled here.
+    These see the RPC itself: when the interceptors' task ends cancelled or failed, nobody can
+    reach the RPC any more, so it is cancelled here.
     """
-
-    @staticmethod
-    def _tie(call: grpc.aio.Call) -> None:
-        interceptors_task = asyncio.current_task()
-        if interceptors_task is None:  # pragma: no cover - interceptors always run in a task
-            return
-
-        def end(task: asyncio.Task[Any]) -> None:
-            if task.cancelled() or task.exception() is not None:
-                call.cancel()
-
-        interceptors_task.add_done_callback(end)
-
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        call = await continuation(client_call_details, request)
-        self._tie(call)
-        return call
-
-    async def intercept_unary_stream(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        call = await continuation(client_call_details, request)
-        self._tie(call)
-        return call
+    return [_UnaryCancelOnWire(), _StreamCancelOnWire()]
 
 
 async def unary(call: grpc.aio.UnaryUnaryCall[Any, ResponseT]) -> ResponseT:
@@ -184,9 +198,9 @@ def open_channel(
         ("grpc.keepalive_timeout_ms", 5_000),
     ]
     interceptors = [
-        DefaultDeadline(default_timeout_seconds),
+        *default_deadline(default_timeout_seconds),
         *client_interceptors(),
         # Innermost, so it holds the call on the wire whatever the interceptors above it do.
-        CancelOnWire(),
+        *cancel_on_wire(),
     ]
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
