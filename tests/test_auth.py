@@ -12,6 +12,7 @@ import grpc.aio
 import pytest
 
 from services.common.auth import BearerTokenInterceptor, caller_of
+from services.common.interceptors import TelemetryInterceptor
 
 METHOD_UNARY = "/test.Who/Am"
 METHOD_STREAM = "/test.Who/Stream"
@@ -88,3 +89,30 @@ def test_tokens_need_names_and_values() -> None:
         BearerTokenInterceptor({"shop": ""})
     with pytest.raises(ValueError, match="non-empty"):
         BearerTokenInterceptor({})
+
+
+async def test_the_access_log_names_the_token_each_call_used(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """During a token rotation the logs show which callers still use the old token's name."""
+    caplog.set_level("INFO", logger="services.common.interceptors")
+    tokens = BearerTokenInterceptor({"shop-2026-11": "t-old", "shop-2026-12": "t-new"})
+    server = grpc.aio.server(interceptors=[TelemetryInterceptor(), tokens])
+    server.add_generic_rpc_handlers([_whoami_handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await _ask(channel, "t-old")
+            await _ask(channel, "t-new")
+    finally:
+        await server.stop(None)
+    finished = [r for r in caplog.records if r.getMessage() == "rpc finished"]
+    assert [(r.rpc, getattr(r, "caller", "")) for r in finished] == [
+        (METHOD_UNARY, "shop-2026-11"),
+        (METHOD_STREAM, "shop-2026-11"),
+        (METHOD_UNARY, "shop-2026-12"),
+        (METHOD_STREAM, "shop-2026-12"),
+    ]
+    # The token itself is never logged.
+    assert not any("t-old" in str(r.__dict__) or "t-new" in str(r.__dict__) for r in finished)

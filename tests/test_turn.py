@@ -16,7 +16,13 @@ from prometheus_client import REGISTRY
 from services.common import redisconn
 from services.common.validation import InvalidArgument
 from services.orchestrator.agent import RateLimited, StoreUnavailable, TurnAborted, TurnTimeout
-from services.orchestrator.llm import LlmReply, LlmUnavailable, estimate_prompt_tokens
+from services.orchestrator.llm import (
+    LlmRejected,
+    LlmReply,
+    LlmTimeout,
+    LlmUnavailable,
+    estimate_prompt_tokens,
+)
 from services.orchestrator.model import (
     AssistantMessage,
     SystemMessage,
@@ -741,6 +747,36 @@ async def test_a_reply_cut_off_at_max_tokens_is_counted_and_repaired() -> None:
         result = await h.chat("今日はどう？")
     assert REGISTRY.get_sample_value("chatagent_llm_truncated_total") == before + 2
     assert ends_in_nyan(result.reply)
+
+
+def llm_calls(outcome: str) -> float:
+    return REGISTRY.get_sample_value("chatagent_llm_calls_total", {"outcome": outcome}) or 0.0
+
+
+async def test_llm_calls_are_counted_by_outcome() -> None:
+    outcomes = ("ok", "timeout", "unavailable", "rejected", "circuit_open")
+    before = {outcome: llm_calls(outcome) for outcome in outcomes}
+    llm = ScriptedLlm(
+        script=[
+            said("こんにちはにゃん"),
+            LlmTimeout("slow"),
+            LlmUnavailable("HTTP 503"),
+            LlmRejected("HTTP 400"),
+        ],
+        default=LlmUnavailable("HTTP 503"),
+    )
+    async with harness(llm=llm, breaker_fail_max=2) as h:
+        for _ in range(6):
+            assert ends_in_nyan((await h.chat("こんにちは")).reply)
+    counted = {outcome: llm_calls(outcome) - before[outcome] for outcome in outcomes}
+    # The rejection is the request's fault and does not count against the breaker; the second
+    # unavailable opens it (with the timeout: two failures), and the calls after it are not made.
+    assert counted["ok"] == 1
+    assert counted["timeout"] == 1
+    assert counted["rejected"] == 1
+    assert counted["unavailable"] >= 1
+    assert counted["circuit_open"] >= 1
+    assert sum(counted.values()) == 6
 
 
 async def test_one_tool_failing_does_not_switch_the_others_off() -> None:

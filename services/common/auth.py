@@ -11,7 +11,6 @@ subject of a verified client certificate (mTLS), else "".
 
 from __future__ import annotations
 
-import contextvars
 import hmac
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
@@ -19,26 +18,13 @@ from typing import Any, Final
 import grpc
 import grpc.aio
 
+from services.common.callers import caller_of, caller_var
 from services.common.interceptors import wrap_rpc_behavior
+
+__all__ = ["BearerTokenInterceptor", "caller_of"]
 
 _OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _SCHEME: Final = "bearer "
-
-_caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
-
-
-def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The caller of the call being served: its token's name, else "cert:<subject>" from a
-    verified client certificate, else "" (no authentication)."""
-    named = _caller.get()
-    if named:
-        return named
-    auth = context.auth_context()
-    for key in ("x509_common_name", "x509_subject"):
-        values = list(auth.get(key, ())) if auth else []
-        if values:
-            return "cert:" + bytes(values[0]).decode("utf-8", "replace")[:200]
-    return ""
 
 
 def _token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
@@ -73,11 +59,11 @@ def _as_caller(
 
     def wrap(behavior: Any, _request_streaming: bool, response_streaming: bool) -> Any:
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            _caller.set(name)
+            caller_var.set(name)
             return await behavior(request, context)
 
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            _caller.set(name)
+            caller_var.set(name)
             async for response in behavior(request, context):
                 yield response
 

@@ -21,6 +21,7 @@ import grpc.aio
 from google.protobuf.message import DecodeError
 
 from services.common import metrics
+from services.common.callers import caller_of
 from services.common.logs import request_id_var
 from services.common.status import abort
 
@@ -98,11 +99,16 @@ class _CallRecord:
             return
         level = logging.DEBUG if self._quiet else logging.INFO
         if logger.isEnabledFor(level):
-            logger.log(
-                level,
-                "rpc finished",
-                extra={"rpc": self._method, "code": code, "duration_ms": round(elapsed * 1e3, 2)},
-            )
+            fields: dict[str, object] = {
+                "rpc": self._method,
+                "code": code,
+                "duration_ms": round(elapsed * 1e3, 2),
+            }
+            # Which token (or certificate) made the call: a rotation shows in the logs.
+            caller = caller_of(context)
+            if caller:
+                fields["caller"] = caller
+            logger.log(level, "rpc finished", extra=fields)
 
 
 class _Malformed:

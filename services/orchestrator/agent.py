@@ -49,9 +49,11 @@ from services.orchestrator.limits import RateLimiter
 from services.orchestrator.llm import (
     Llm,
     LlmError,
+    LlmRejected,
     LlmReply,
     LlmRequest,
     LlmTimeout,
+    LlmUnavailable,
     estimate_prompt_tokens,
     estimate_text_tokens,
 )
@@ -736,18 +738,23 @@ class Agent:
                     reply = await llm.stream(
                         request, timeout_seconds=budget.seconds, on_text=voice.hear
                     )
-        except (asyncio.CancelledError, LlmTimeout):
+        except (asyncio.CancelledError, LlmTimeout) as exc:
+            metrics.LLM_CALLS.labels(_llm_outcome(exc)).inc()
             # Sent and abandoned: the provider may well bill the prompt; so do we.
             abandoned = Usage(cost_nanos=self._prices.cost_nanos(model, estimate, 0))
             self._settle(turn, reservation, abandoned)
             raise
-        except BaseException:
+        except BaseException as exc:
+            metrics.LLM_CALLS.labels(_llm_outcome(exc)).inc()
             self._bookkeeper.release(reservation)
             raise
         # Before anything else can be awaited (and cancelled): the money is counted now.
         usage = self._usage_of(reply, estimate)
         turn.model = reply.model
         self._settle(turn, reservation, usage)
+        metrics.LLM_CALLS.labels(
+            "truncated" if reply.truncated else "stopped" if reply.stopped else "ok"
+        ).inc()
         if reply.truncated:
             metrics.TRUNCATED.inc()
         # Labelled by the configured model, never by the name the provider sends back: that
@@ -876,6 +883,21 @@ async def _ended(voice: Voice, reply: LlmReply) -> str:
     except StreamRefused as refused:
         return refused.problem
     return ""
+
+
+def _llm_outcome(error: BaseException) -> str:
+    """The `chatagent_llm_calls_total` outcome of an LLM call that raised `error`."""
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    for kind, outcome in (
+        (LlmTimeout, "timeout"),
+        (CircuitOpen, "circuit_open"),
+        (LlmRejected, "rejected"),
+        (LlmUnavailable, "unavailable"),
+    ):
+        if isinstance(error, kind):
+            return outcome
+    return "error"
 
 
 def _json(value: Any) -> str:

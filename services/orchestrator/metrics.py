@@ -30,6 +30,14 @@ PERSONA = Counter(
     ["outcome"],
 )
 FALLBACKS = Counter("chatagent_degraded_total", "Parts that fell back in a turn.", ["part"])
+LLM_CALLS = Counter(
+    "chatagent_llm_calls_total",
+    "LLM calls by outcome: ok, truncated (cut at max_tokens), stopped (a stream the persona guard "
+    "ended), timeout, unavailable (provider errors and 429s after retries), rejected (the "
+    "provider refused the request), circuit_open (not made: the breaker is open), cancelled, "
+    "error (anything else).",
+    ["outcome"],
+)
 TRUNCATED = Counter(
     "chatagent_llm_truncated_total",
     "LLM replies cut off at max_tokens (many: LLM_MAX_TOKENS is too low for the replies asked).",
@@ -44,9 +52,10 @@ UNSETTLED = Counter(
 
 CONVERSATION_TURN = Histogram(
     "chatagent_conversation_turn",
-    "Position of each answered turn in its conversation (1 = the first turn of a conversation); "
-    "observations above N over observations at 1 give the share of conversations reaching N turns.",
-    buckets=(1, 2, 3, 5, 8, 13, 21, 34, 55, 89),
+    "Position of each answered turn in its conversation (1 = its first turn). Every conversation "
+    "reaching turn N adds one observation of N: turns at exactly N over turns at 1 is the share "
+    "of conversations reaching N turns (exact up to 10, where buckets are one apart).",
+    buckets=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 30, 50, 100),
 )
 MESSAGES = Counter(
     "chatagent_messages_total", "User messages answered, by the language of the turn.", ["language"]
