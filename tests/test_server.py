@@ -24,6 +24,10 @@ SERVICE = "chatagent.v1.ToolService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 LOGGER = "services.common.server"
+BOTH_SERVING = (SERVING, SERVING)
+# A watched dependency down takes the service out of traffic; the process is still alive, so a
+# liveness probe (which asks for "") does not restart it.
+DEPENDENCY_DOWN = (SERVING, NOT_SERVING)
 
 
 def settings() -> ServiceSettings:
@@ -44,14 +48,17 @@ class Probe:
         self.slowest = max(self.slowest, time.monotonic() - start)
         return int(reply.status)
 
-    async def statuses(self) -> set[int]:
-        return {await self.status(""), await self.status(SERVICE)}
+    async def statuses(self) -> tuple[int, int]:
+        """(the process's status, the service's)."""
+        return await self.status(""), await self.status(SERVICE)
 
     async def becomes(self, status: int, within: float) -> float:
-        async def every_status_is() -> bool:
-            return await self.statuses() == {status}
+        """Wait until the service's status is `status`."""
 
-        return await wait_until(every_status_is, within=within, message=f"health {status}")
+        async def service_is() -> bool:
+            return await self.status(SERVICE) == status
+
+        return await wait_until(service_is, within=within, message=f"health {status}")
 
 
 def down_and_back(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -112,17 +119,17 @@ async def test_consecutive_failures_take_the_service_out_and_a_pass_brings_it_ba
     scripted: tuple[ServiceHost, ScriptedCheck, Probe], caplog: pytest.LogCaptureFixture
 ) -> None:
     _, check, probe = scripted
-    assert await probe.statuses() == {SERVING}
+    assert await probe.statuses() == BOTH_SERVING
     for passes in (False, True, False):  # never two failures in a row
         await check.answer(passes)
-        assert await probe.statuses() == {SERVING}
+        assert await probe.statuses() == BOTH_SERVING
     await check.answer(False)
-    assert await probe.statuses() == {NOT_SERVING}
+    assert await probe.statuses() == DEPENDENCY_DOWN
     await check.answer(False)
     await check.answer(False)
-    assert await probe.statuses() == {NOT_SERVING}
+    assert await probe.statuses() == DEPENDENCY_DOWN
     await check.answer(True)
-    assert await probe.statuses() == {SERVING}
+    assert await probe.statuses() == BOTH_SERVING
     assert down_and_back(caplog) == ["dependency down", "dependency back"]
 
 
@@ -133,7 +140,7 @@ async def test_a_check_that_hangs_counts_as_a_failure(
     # No outcome is handed in: the checks time out after 0.2 s each.
     await probe.becomes(NOT_SERVING, within=5)
     await check.answer(True)
-    assert await probe.statuses() == {SERVING}
+    assert await probe.statuses() == BOTH_SERVING
 
 
 async def test_graceful_shutdown_stays_not_serving_and_stops_the_monitor(
@@ -163,7 +170,7 @@ async def test_readiness_checks_still_come_first() -> None:
     try:
         for _ in range(3):
             await healthy.answer(True)
-        assert await probe.statuses() == {NOT_SERVING}
+        assert await probe.statuses() == (NOT_SERVING, NOT_SERVING)
         ready.set()
         await probe.becomes(SERVING, within=5)
     finally:
@@ -204,7 +211,7 @@ async def probe_through_outage(probe: Probe, outage_seconds: float = 1.0) -> Non
     await probe.becomes(NOT_SERVING, within=5)
     until = time.monotonic() + outage_seconds
     while time.monotonic() < until:
-        assert await probe.statuses() == {NOT_SERVING}
+        assert await probe.statuses() == DEPENDENCY_DOWN
         await asyncio.sleep(0.05)
 
 
@@ -212,7 +219,7 @@ async def test_a_paused_redis_takes_the_service_out_and_back_without_stalling_it
     redis_process: RedisServer, watching_redis: Probe, caplog: pytest.LogCaptureFixture
 ) -> None:
     probe = watching_redis
-    assert await probe.statuses() == {SERVING}
+    assert await probe.statuses() == BOTH_SERVING
     redis_process.pause()
     await probe_through_outage(probe)
     redis_process.resume()

@@ -4,8 +4,10 @@ A service's `main.py` calls `run(SettingsClass, setup)`. `setup` registers the s
 host and names what must be ready before the service reports SERVING; the host does the rest:
 
 * health v1 with one status per service name and "" for the process, NOT_SERVING until every
-  readiness check has passed, and again whenever a critical dependency watched by a dependency
-  monitor is down (Kubernetes' gRPC probes read it: traffic goes to replicas that can serve);
+  readiness check has passed and from the moment the process begins to stop. A service name is
+  also NOT_SERVING whenever a critical dependency watched by a dependency monitor is down, and
+  "" is not: readiness probes ask for the service (traffic goes to replicas that can serve it),
+  liveness probes for "" (a Redis outage must not have every replica restarted);
 * server reflection, so grpcurl-style clients work without our stubs;
 * a request-size limit, tracing, metrics, request ids and access logs on every call;
 * with HEALTH_PORT set, the health service alone on a plaintext port of its own as well, for
@@ -205,17 +207,19 @@ class ServiceHost:
         return self.port
 
     async def _publish_status(self) -> None:
-        """Every status SERVING when ready and no watched dependency is down, else NOT_SERVING;
-        once stopping, the health servicer's graceful shutdown keeps NOT_SERVING for good."""
+        """The process ("") SERVING once ready and until stopping; each service name that and
+        no watched dependency down. Once stopping, the health servicer's graceful shutdown keeps
+        every status NOT_SERVING for good."""
         async with self._status_lock:
-            serving = self._ready and not self._stopping
-            serving = serving and not any(monitor.down for monitor in self._monitors)
-            status = _SERVING if serving else _NOT_SERVING
-            if status == self._status:
+            alive = self._ready and not self._stopping
+            serving = alive and not any(monitor.down for monitor in self._monitors)
+            statuses = (_SERVING if alive else _NOT_SERVING, _SERVING if serving else _NOT_SERVING)
+            if statuses == self._status:
                 return
-            self._status = status
-            for name in (*self.service_names, ""):
-                await self.health.set(name, status)
+            self._status = statuses
+            await self.health.set("", statuses[0])
+            for name in self.service_names:
+                await self.health.set(name, statuses[1])
 
     async def _watch(self, monitor: _Monitor) -> None:
         failures = 0
@@ -234,7 +238,7 @@ class ServiceHost:
                         else repr(exc)
                     )
                     logger.warning(
-                        "dependency down: reporting NOT_SERVING",
+                        "dependency down: the service reports NOT_SERVING",
                         extra={"dependency": monitor.name, "error": error, "failures": failures},
                     )
                     await self._publish_status()
