@@ -75,12 +75,21 @@ class RedisServer:
         return self
 
     def _answers(self) -> bool:
+        """Whether our redis-server answers on the port: another test run's Redis that took the
+        port first (ours then fails to bind) must not pass for it."""
+        assert self._process is not None
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                conn.sendall(b"PING\r\n")
-                return conn.recv(16).startswith(b"+PONG")
+                conn.sendall(b"INFO server\r\n")
+                reply = b""
+                while b"process_id:" not in reply or not reply.endswith(b"\r\n\r\n"):
+                    piece = conn.recv(65536)
+                    if not piece:
+                        return False
+                    reply += piece
         except OSError:
             return False
+        return f"process_id:{self._process.pid}\r\n".encode() in reply
 
     def pause(self) -> None:
         """Freeze the process: connections stay open, nothing is answered."""
