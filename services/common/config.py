@@ -67,6 +67,10 @@ class ServiceSettings(BaseSettings):
     # A plaintext port serving only grpc.health.v1.Health, for Kubernetes' native gRPC probes,
     # which cannot speak TLS; 0 serves health on PORT only.
     health_port: Port = 0
+    # Worker processes sharing PORT (SO_REUSEPORT; services.common.workers). REUSE_PORT is set
+    # for the workers; without it a second process on the port is refused.
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    reuse_port: bool = False
 
     @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file")
     @classmethod
@@ -83,6 +87,8 @@ class ServiceSettings(BaseSettings):
             raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
         if self.health_port and self.health_port in (self.port, self.metrics_port):
             raise ValueError("HEALTH_PORT must differ from PORT and METRICS_PORT")
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("WORKERS above 1 needs a fixed PORT for the workers to share")
         return self
 
     @field_validator("log_level")

@@ -40,6 +40,7 @@ from services.common.interceptors import TelemetryInterceptor
 from services.common.logs import setup_logging
 from services.common.metrics import DEPENDENCY_UP, serve_metrics
 from services.common.tracing import server_interceptors, setup_tracing, shutdown_tracing
+from services.common.workers import supervise
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
     """The gRPC server options every service runs with."""
     return [
         ("grpc.max_receive_message_length", settings.max_request_bytes),
-        # A second process on the same port must fail to start, not share it.
-        ("grpc.so_reuseport", 0),
+        # A second process on the same port must fail to start, not share it (unless it is one
+        # of the workers the supervisor started to share it).
+        ("grpc.so_reuseport", int(settings.reuse_port)),
         # Connections are closed after an age (GOAWAY, then the grace for the calls on them):
         # clients spread over new pods after a scale-up, and a stream whose client stopped
         # reading (writes blocked by flow control, which no deadline of ours can end) ends too.
@@ -122,7 +124,10 @@ class ServiceHost:
         self.health_server: grpc.aio.Server | None = None
         if settings.health_port:
             self.health_server = grpc.aio.server(
-                options=[("grpc.max_receive_message_length", 4096), ("grpc.so_reuseport", 0)]
+                options=[
+                    ("grpc.max_receive_message_length", 4096),
+                    ("grpc.so_reuseport", int(settings.reuse_port)),
+                ]
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
         reflection.enable_server_reflection(
@@ -342,6 +347,12 @@ def run(
         print(f"{settings_cls.SERVICE_NAME}: {exc}", file=sys.stderr)
         sys.exit(2)
     setup_logging(settings.service_name, settings.log_level)
+    if settings.workers > 1:
+        # This process supervises; the workers (each started as `python -m services.<name>`)
+        # serve. The package is named as the service is.
+        grace = settings.shutdown_grace_seconds + SHUTDOWN_CLEANUP_SECONDS + 5
+        module = f"services.{settings_cls.SERVICE_NAME}"
+        sys.exit(supervise(module, settings.workers, settings.metrics_port, grace))
     setup_tracing(settings.service_name, settings.otel_exporter_otlp_endpoint)
     try:
         serve_metrics(settings.metrics_port)

@@ -124,6 +124,15 @@ class OrchestratorSettings(ServiceSettings):
         return endings
 
     @model_validator(mode="after")
+    def _shared_state(self) -> Self:
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError(
+                "WORKERS above 1 needs REDIS_URL: separate processes share sessions, limits, "
+                "budgets and breaker state only through Redis"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _persona(self) -> Self:
         try:
             self.persona()
