@@ -51,7 +51,9 @@ lint: setup $(BUF)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The bench extra (peers, matplotlib) is installed here only: `make test` never needs it.
 bench: setup
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(PY) -m bench
 
 chat: setup
