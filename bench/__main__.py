@@ -74,7 +74,7 @@ def render(info: dict[str, Any], sections: list[Section], quick: bool, seconds: 
     lines = [
         "# Benchmark report",
         "",
-        f"Written by `make bench` (`python -m bench`{' --quick' if quick else ''}). "
+        f"Written by `make bench` (`python -m bench{' --quick' if quick else ''}`). "
         f"Run {machine_line(info)}; the whole run took {seconds / 60:.0f} min.",
         "",
         "Every process (load generator, fake LLM, services, peers) shares the machine's cores, "

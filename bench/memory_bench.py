@@ -192,7 +192,7 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
         "rows": rows,
         "targets": {"rss_growth": rss_ok, "redis_per_session": redis_ok},
     }
-    return Section("Memory: 100,000 users on the Redis store", "\n".join(lines), data)
+    return Section(f"Memory: {args.users:,} users on the Redis store", "\n".join(lines), data)
 
 
 if __name__ == "__main__":
