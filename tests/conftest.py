@@ -10,21 +10,59 @@ import redis.asyncio
 
 from services.common import redisconn
 from tests.support.pki import make_pki
+from tests.support.redis_cluster import RedisCluster, RedisTarget
 from tests.support.redis_server import RedisNotAvailable, redis_server
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[redis.asyncio.Redis | None]:
-    """The stores a turn test runs on: in this process (None), or a real Redis (a client for
-    the harness's `redis_client`)."""
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[redisconn.Client | None]:
+    """The stores a turn test runs on: in this process (None), a real Redis, or a real Redis
+    Cluster (a client for the harness's `redis_client`)."""
     if request.param == "memory":
         yield None
         return
-    client = redisconn.connect(request.getfixturevalue("redis_url"), 2.0)
+    target = request.getfixturevalue(f"{request.param}_target")
+    client = target.connect(2.0)
     try:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """One three-master Redis Cluster for the whole session (tests flush it: `cluster_target`)."""
+    try:
+        cluster = RedisCluster().start()
+    except RedisNotAvailable as exc:
+        pytest.fail(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_target(redis_cluster: RedisCluster) -> Iterator[RedisTarget]:
+    """The session's Redis Cluster, emptied for this test. Afterwards no master may have
+    answered CROSSSLOT: every multi-key command, script and transaction stayed in one slot."""
+    redis_cluster.flush()
+    yield RedisTarget(redis_cluster.url, cluster=True)
+    errors = redis_cluster.error_counts()
+    assert "CROSSSLOT" not in errors, f"the cluster refused cross-slot commands: {errors}"
+
+
+@pytest.fixture
+def redis_target(redis_url: str) -> RedisTarget:
+    """A fresh single Redis server, as a target."""
+    return RedisTarget(redis_url)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def any_redis(request: pytest.FixtureRequest) -> RedisTarget:
+    """Each Redis-store test runs on one server and on the cluster."""
+    target: RedisTarget = request.getfixturevalue(f"{request.param}_target")
+    return target
 
 
 @pytest.fixture(scope="module")

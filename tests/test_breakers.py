@@ -22,6 +22,7 @@ from services.common import redisconn
 from services.common.breakers import Breaker, BreakerBoard, CircuitOpen, grpc_codes
 from services.common.deadline import Budget, Deadline
 from tests.support.loop import StallMeter, wait_until
+from tests.support.redis_cluster import RedisTarget
 from tests.support.redis_server import RedisServer
 
 OPEN, HALF_OPEN, CLOSED = pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN, pybreaker.STATE_CLOSED
@@ -217,9 +218,11 @@ async def test_a_board_without_redis_is_local() -> None:
 
 
 @asynccontextmanager
-async def replica(url: str, prefix: str, **resets: float) -> AsyncIterator[dict[str, Breaker]]:
+async def replica(
+    target: RedisTarget, prefix: str, **resets: float
+) -> AsyncIterator[dict[str, Breaker]]:
     """One replica's board: a breaker (fail_max 2) per keyword, with that reset timeout."""
-    client = redisconn.connect(url, timeout_seconds=1.0)
+    client = target.connect(1.0)
     board = BreakerBoard(client, prefix=prefix, retry_max_seconds=0.3)
     breakers = {
         name: board.breaker(name, fail_max=2, reset_seconds=reset) for name, reset in resets.items()
@@ -256,14 +259,15 @@ async def close_by_trial(guarded: Breaker) -> None:
 
 
 async def test_an_open_circuit_opens_and_closes_on_every_replica(
-    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+    any_redis: RedisTarget, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    listener = redisconn.connect(redis_url, timeout_seconds=1.0)
+    listener = any_redis.connect(1.0)
+    await redisconn.ready(listener)
     published = listener.pubsub()
     await published.subscribe(f"{prefix}:transitions")
     async with (
-        replica(redis_url, prefix, llm=0.5) as first,
-        replica(redis_url, prefix, llm=60) as second,
+        replica(any_redis, prefix, llm=0.5) as first,
+        replica(any_redis, prefix, llm=60) as second,
     ):
         await trip(first["llm"])
         await wait_until(lambda: second["llm"].state == OPEN, within=1.0, message="shared open")
@@ -291,16 +295,16 @@ async def test_an_open_circuit_opens_and_closes_on_every_replica(
 
 
 async def test_a_replica_that_starts_later_sees_the_open_circuit(
-    redis_url: str, prefix: str
+    any_redis: RedisTarget, prefix: str
 ) -> None:
-    probe = redisconn.connect(redis_url, timeout_seconds=1.0)
-    async with replica(redis_url, prefix, llm=60) as first:
+    probe = any_redis.connect(1.0)
+    async with replica(any_redis, prefix, llm=60) as first:
         await trip(first["llm"])
         await wait_until(
             lambda: probe.exists(f"{prefix}:llm:open"), within=2, message="shared state key"
         )
         assert 0 < await probe.pttl(f"{prefix}:llm:open") <= 60_000
-        async with replica(redis_url, prefix, llm=60) as late:
+        async with replica(any_redis, prefix, llm=60) as late:
             assert late["llm"].state == OPEN
             assert 50 < late["llm"].open_remaining() <= 60
     await probe.aclose()
@@ -332,7 +336,7 @@ async def calls_while_away(shared: Breaker, local: Breaker) -> float:
 async def test_a_paused_redis_stalls_nothing_and_sharing_resumes(
     redis_process: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = redis_process.url
+    url = RedisTarget(redis_process.url)
     async with (
         replica(url, prefix, llm=60, speech=0.2) as first,
         replica(url, prefix, llm=60, speech=0.2) as second,
@@ -363,7 +367,7 @@ async def test_a_paused_redis_stalls_nothing_and_sharing_resumes(
 async def test_a_killed_redis_stalls_nothing_and_sharing_resumes_after_restart(
     redis_process: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = redis_process.url
+    url = RedisTarget(redis_process.url)
     async with (
         replica(url, prefix, llm=60, speech=0.2) as first,
         replica(url, prefix, llm=60, speech=0.2) as second,

@@ -8,6 +8,7 @@ from services.common import redisconn
 from services.common.cache import MemoryCache, RedisCache
 from tests.support.clock import Clock
 from tests.support.ports import free_port
+from tests.support.redis_cluster import RedisTarget
 from tests.support.redis_server import RedisNotAvailable, redis_server
 
 
@@ -33,8 +34,8 @@ async def test_memory_cache_never_grows_past_its_cap_and_drops_the_least_recent(
     assert await cache.get("k1") is None
 
 
-async def test_redis_cache_round_trips_and_expires(redis_url: str) -> None:
-    client = redisconn.connect(redis_url, 0.5)
+async def test_redis_cache_round_trips_and_expires(any_redis: RedisTarget) -> None:
+    client = any_redis.connect(0.5)
     try:
         cache = RedisCache(client, prefix="test:")
         await cache.set("k", b"v", ttl_seconds=60)

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
-import redis.asyncio as redis
 
 from services.common import redisconn
 from services.orchestrator.keys import caller_key, global_key, lookalike, user_key
@@ -20,6 +19,7 @@ from services.orchestrator.limits import (
 )
 from tests.support.clock import Clock
 from tests.support.loop import wait_until
+from tests.support.redis_cluster import RedisTarget, every_key, flush_scripts, key_count
 
 # Limits that never refuse within a test.
 UNLIMITED = Rate(per_second=1e6, burst=1_000_000)
@@ -37,10 +37,10 @@ class Backend:
     # Let `seconds` pass for the limiter: a fake clock in-process, real time for Redis (whose
     # script reads the server's clock, so no other wait is observable).
     wait: Callable[[float], Awaitable[None]]
-    client: redis.Redis | None = None
+    client: redisconn.Client | None = None
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
         clock = Clock()
@@ -53,7 +53,8 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 
         yield Backend("memory", memory, advance)
         return
-    client = redisconn.connect(request.getfixturevalue("redis_url"), 2.0)
+    client = request.getfixturevalue(f"{request.param}_target").connect(2.0)
+    await redisconn.ready(client)  # a timing test must not time the cluster's discovery
 
     def shared(*, user: Rate, global_: Rate, caller: Rate | None = None) -> RateLimiter:
         return RedisRateLimiter(client, user=user, global_=global_, caller=caller)
@@ -256,8 +257,8 @@ async def test_memory_limiter_stays_bounded_and_keeps_the_recent_users() -> None
     assert not await allowed(limiter, "u19999"), "a recent user is still limited"
 
 
-async def test_redis_keys_expire_when_the_limits_are_idle_again(redis_url: str) -> None:
-    client = redisconn.connect(redis_url, 2.0)
+async def test_redis_keys_expire_when_the_limits_are_idle_again(any_redis: RedisTarget) -> None:
+    client = any_redis.connect(2.0)
     try:
         limiter = RedisRateLimiter(
             client,
@@ -270,25 +271,27 @@ async def test_redis_keys_expire_when_the_limits_are_idle_again(redis_url: str) 
         assert 300 < await client.pttl(user_key(lookalike("*"), "ratelimit")) <= 500
         assert 100 < await client.pttl(caller_key("backend", "ratelimit")) <= 250
         assert 0 < await client.pttl(global_key("ratelimit")) <= 100
-        assert await client.keys("*[*]*") == [], "no key carries the raw user id"
-        assert await client.keys("*backend*") == [], "no key carries the raw caller name"
+        assert await every_key(client, "*[*]*") == [], "no key carries the raw user id"
+        assert await every_key(client, "*backend*") == [], "no key carries the raw caller name"
 
         async def no_keys_left() -> bool:
-            return await client.dbsize() == 0
+            return await key_count(client) == 0
 
         await wait_until(no_keys_left, within=5, message="idle limits gone")
     finally:
         await client.aclose()
 
 
-async def test_redis_limits_survive_a_server_that_lost_its_scripts(redis_url: str) -> None:
-    client = redisconn.connect(redis_url, 2.0)
+async def test_redis_limits_survive_a_server_that_lost_its_scripts(
+    any_redis: RedisTarget,
+) -> None:
+    client = any_redis.connect(2.0)
     try:
         limiter = RedisRateLimiter(client, user=burst(2), caller=burst(5), global_=burst(10))
         assert await refused_by(limiter, "alice", "A") == ""
-        await client.script_flush()  # as after a restart or failover
+        await flush_scripts(client)  # as after a restart or failover
         assert await refused_by(limiter, "alice", "A") == ""
-        await client.script_flush()
+        await flush_scripts(client)
         assert await refused_by(limiter, "alice", "A") == "user"
         # The refusal gave the caller's and the global slots back: three are left.
         assert [await refused_by(limiter, u, "A") for u in ("bob", "carol", "dave", "erin")] == [

@@ -31,6 +31,7 @@ from services.orchestrator.sessions import (
 )
 from tests.support.clock import Clock
 from tests.support.loop import wait_until
+from tests.support.redis_cluster import RedisTarget, every_key, flush_scripts
 from tests.support.redis_server import RedisServer
 
 ODD_USER_IDS = ["*", "a*", "{x}", "user:1", "user:10", "a}b{c"]
@@ -45,12 +46,13 @@ class Harness:
     """One store kind, and how time passes for it: a fake clock, or Redis's own."""
 
     kind: str
-    url: str = ""
+    target: RedisTarget | None = None
     clock: Clock = field(default_factory=Clock)
-    clients: list[redis.Redis] = field(default_factory=list)
+    clients: list[redisconn.Client] = field(default_factory=list)
 
-    def connect(self, timeout_seconds: float = 2.0) -> redis.Redis:
-        client = redisconn.connect(self.url, timeout_seconds)
+    def connect(self, timeout_seconds: float = 2.0) -> redisconn.Client:
+        assert self.target is not None
+        client = self.target.connect(timeout_seconds)
         self.clients.append(client)
         return client
 
@@ -60,8 +62,8 @@ class Harness:
         return RedisSessionStore(self.connect(), **limits)
 
     @property
-    def raw(self) -> redis.Redis:
-        assert self.kind == "redis"
+    def raw(self) -> redisconn.Client:
+        assert self.kind != "memory"
         return self.clients[0] if self.clients else self.connect()
 
     async def elapse(self, seconds: float) -> None:
@@ -88,24 +90,24 @@ class Harness:
             await asyncio.sleep(0.02)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         yield Harness("memory")
         return
-    async with redis_harness_at(request.getfixturevalue("redis_url")) as harness:
+    async with redis_harness_at(request.getfixturevalue(f"{request.param}_target")) as harness:
         yield harness
 
 
 @pytest.fixture
-async def redis_harness(redis_url: str) -> AsyncIterator[Harness]:
-    async with redis_harness_at(redis_url) as harness:
+async def redis_harness(any_redis: RedisTarget) -> AsyncIterator[Harness]:
+    async with redis_harness_at(any_redis) as harness:
         yield harness
 
 
 @asynccontextmanager
-async def redis_harness_at(url: str) -> AsyncIterator[Harness]:
-    harness = Harness("redis", url=url)
+async def redis_harness_at(target: RedisTarget) -> AsyncIterator[Harness]:
+    harness = Harness(target.kind, target=target)
     try:
         yield harness
     finally:
@@ -286,7 +288,7 @@ async def test_answers_per_user_are_bounded_newest_kept(harness: Harness) -> Non
         assert await store.cached_answer("alice", f"r{i}") is None
     for i in range(6, total):
         assert await store.cached_answer("alice", f"r{i}") == b"A%d" % i
-    if harness.kind == "redis":  # the evicted answers are gone from Redis, not only from the index
+    if harness.kind != "memory":  # the evicted answers are gone from Redis, not only from the index
         tag = keys.user_tag("alice")
         answer_keys = [k async for k in harness.raw.scan_iter(f"*{tag}*:answer:*")]
         assert len(answer_keys) == MAX_ANSWERS_PER_USER
@@ -480,11 +482,11 @@ async def test_the_lock_ttl_is_the_acquisitions_own(harness: Harness) -> None:
     long = store.lock("alice", wait_seconds=3, ttl_seconds=TTL)
     await long.__aenter__()  # the next turn, with a long deadline, hangs too
     harness.outlive_lock(0.6)  # twice the first holder's TTL
-    wait = 0.6 if harness.kind == "redis" else 0.05  # in Redis: twice the first TTL, for real
+    wait = 0.6 if harness.kind != "memory" else 0.05  # in Redis: twice the first TTL, for real
     with pytest.raises(LockTimeout):
         async with store.lock("alice", wait_seconds=wait, ttl_seconds=TTL):
             pytest.fail("the second holder's lock lapsed at the first one's TTL")
-    if harness.kind == "redis":
+    if harness.kind != "memory":
         assert await harness.raw.pttl(keys.user_key("alice", "lock")) > (TTL - 5) * 1000
     await long.__aexit__(None, None, None)
     await short.__aexit__(None, None, None)
@@ -561,11 +563,12 @@ async def test_memory_lock_map_is_bounded_by_concurrency_not_by_users_seen() -> 
 
 
 async def test_redis_sessions_survive_a_restart(redis_harness: Harness) -> None:
-    client = redisconn.connect(redis_harness.url, 2.0)
+    client = redis_harness.connect()
     before = RedisSessionStore(client)
     await fill(before, "alice")
     await before.aclose()
     await client.aclose()  # the replica goes away
+    redis_harness.clients.remove(client)
     after = redis_harness.make()
     assert await is_intact(after, "alice")
     assert await after.erase("alice") == 6
@@ -576,10 +579,10 @@ async def test_redis_store_survives_a_server_that_lost_its_scripts(
 ) -> None:
     store = redis_harness.make()
     await fill(store, "alice")
-    await redis_harness.raw.script_flush()  # as after a restart or failover
+    await flush_scripts(redis_harness.raw)  # as after a restart or failover
     await commit(store, "alice", turn("three"))
     assert await texts(store, "alice") == ["one", "two", "three"]
-    await redis_harness.raw.script_flush()
+    await flush_scripts(redis_harness.raw)
     assert await store.erase("alice") == 7
 
 
@@ -612,9 +615,9 @@ async def test_the_redis_fence_holds_two_numbers_and_nothing_of_the_user(
         assert int(fence[b"token"]) > lease.token  # the erase moved it past the running turn
         # It outlasts any turn by far, and goes by itself.
         assert await redis_harness.raw.pttl(keys.user_key(user_id, "fence")) > 3_600_000
-    assert await redis_harness.raw.keys("*alice*") == []
-    assert await redis_harness.raw.keys("*[{]x[}]*") == []
-    assert await redis_harness.raw.keys("*ゆき*") == []
+    assert await every_key(redis_harness.raw, "*alice*") == []
+    assert await every_key(redis_harness.raw, "*[{]x[}]*") == []
+    assert await every_key(redis_harness.raw, "*ゆき*") == []
 
 
 async def test_a_redis_acquire_retried_after_a_lost_reply_keeps_the_lock(

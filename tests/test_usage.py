@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-import redis.asyncio as redis
 
 from services.common import redisconn
 from services.orchestrator.keys import global_key, user_key, user_tag
@@ -29,6 +28,7 @@ from services.orchestrator.usage import (
     to_nanos,
 )
 from tests.support.loop import wait_until
+from tests.support.redis_cluster import RedisTarget, every_key, flush_scripts
 from tests.support.redis_server import RedisServer
 
 NOV_30_LATE = datetime(2026, 11, 30, 23, 59, tzinfo=UTC)
@@ -48,7 +48,7 @@ class Books:
     """One ledger kind, with the session store whose erasures are the users' epochs."""
 
     kind: str
-    client: redis.Redis | None
+    client: redisconn.Client | None
     sessions: SessionStore
 
     def ledger(self, budgets: Budgets | None = None) -> Ledger:
@@ -70,20 +70,24 @@ class Books:
 
 
 @pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[redis.Redis]:
-    client = redisconn.connect(redis_url, 2.0)
+async def redis_client(any_redis: RedisTarget) -> AsyncIterator[redisconn.Client]:
+    client = any_redis.connect(2.0)
     try:
         yield client
     finally:
         await client.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def books(request: pytest.FixtureRequest) -> Books:
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def books(request: pytest.FixtureRequest) -> AsyncIterator[Books]:
     if request.param == "memory":
-        return Books("memory", None, MemorySessionStore())
-    client = request.getfixturevalue("redis_client")
-    return Books("redis", client, RedisSessionStore(client))
+        yield Books("memory", None, MemorySessionStore())
+        return
+    client = request.getfixturevalue(f"{request.param}_target").connect(2.0)
+    try:
+        yield Books("redis", client, RedisSessionStore(client))
+    finally:
+        await client.aclose()
 
 
 async def spend(
@@ -390,7 +394,7 @@ async def fits(ledger: Ledger, account: Account, amount: float) -> bool:
     return await refused_by(ledger, account, amount) == ""
 
 
-async def server_clock_passes(client: redis.Redis, seconds: float) -> None:
+async def server_clock_passes(client: redisconn.Client, seconds: float) -> None:
     """Wait until `seconds` have passed by the Redis server's clock (which expires holds)."""
 
     async def server_ms() -> int:
@@ -405,7 +409,7 @@ async def server_clock_passes(client: redis.Redis, seconds: float) -> None:
     await wait_until(passed, within=seconds + 5, message="the server's clock advancing")
 
 
-async def test_redis_holds_lapse_after_hold_seconds(redis_client: redis.Redis) -> None:
+async def test_redis_holds_lapse_after_hold_seconds(redis_client: redisconn.Client) -> None:
     ledger = RedisLedger(redis_client, Budgets(user_daily_usd=1.0, global_monthly_usd=1.0))
     await hold(ledger, ALICE, 1.0, hold_seconds=0.3)  # a replica died mid-call
     assert await refused_by(ledger, ALICE, 0.5) == "user_daily"
@@ -414,7 +418,7 @@ async def test_redis_holds_lapse_after_hold_seconds(redis_client: redis.Redis) -
 
 
 async def test_a_redis_settle_after_its_hold_lapsed_counts_once_and_frees_it(
-    redis_client: redis.Redis,
+    redis_client: redisconn.Client,
 ) -> None:
     ledger = RedisLedger(redis_client, Budgets(user_daily_usd=1.0, global_monthly_usd=1.0))
     slow = await hold(ledger, ALICE, 1.0, hold_seconds=0.2)
@@ -465,7 +469,7 @@ async def test_erase_removes_the_users_counters_and_holds_and_nothing_else(books
         gone = await ledger.report("*", now)
         assert gone.user_today == gone.user_month == UsageTotals()
     if books.client is not None:  # exact keys: "*" matched no one else's
-        left = await books.client.keys()
+        left = await every_key(books.client)
         assert not [k for k in left if user_tag("*").encode() in k]
         for other in users[1:]:
             assert user_key(other, "usage:day:2026-12-01").encode() in left
@@ -501,7 +505,7 @@ async def test_memory_ledger_stays_bounded() -> None:
     assert (await ledger.report("u0", DEC_2)).global_today.cost_usd == 10.0
 
 
-async def test_redis_layout_ttls_and_exact_erase(redis_client: redis.Redis) -> None:
+async def test_redis_layout_ttls_and_exact_erase(redis_client: redisconn.Client) -> None:
     ledger = RedisLedger(redis_client)
     await spend(ledger, Account("*", "one"), DEC_1_EARLY, cost=0.1)
     await spend(ledger, Account("a*", "one"), DEC_1_EARLY, cost=0.1)
@@ -516,13 +520,13 @@ async def test_redis_layout_ttls_and_exact_erase(redis_client: redis.Redis) -> N
 
     assert await ledger.erase("*") == 2
     tag = user_tag("*")
-    assert not [k for k in await redis_client.keys() if tag.encode() in k]
-    kept = sorted(k for k in await redis_client.keys() if user_tag("a*").encode() in k)
+    assert not [k for k in await every_key(redis_client) if tag.encode() in k]
+    kept = sorted(k for k in await every_key(redis_client) if user_tag("a*").encode() in k)
     # Day, month, the index and the settled call's marker (the holds set is empty, so gone).
     assert sorted(k.split(b":")[-2] for k in kept) == [b"day", b"month", b"settled", b"usage"]
 
 
-async def test_redis_index_forgets_expired_keys_only(redis_client: redis.Redis) -> None:
+async def test_redis_index_forgets_expired_keys_only(redis_client: redisconn.Client) -> None:
     ledger = RedisLedger(
         redis_client, day_ttl=timedelta(milliseconds=30), month_ttl=timedelta(seconds=30)
     )
@@ -553,16 +557,16 @@ async def test_redis_index_forgets_expired_keys_only(redis_client: redis.Redis) 
 
 
 async def test_redis_ledger_survives_a_server_that_lost_its_scripts(
-    redis_client: redis.Redis,
+    redis_client: redisconn.Client,
 ) -> None:
     ledger = RedisLedger(redis_client, Budgets(user_daily_usd=1.0))
     await spend(ledger, ALICE, DEC_2, cost=0.5)
-    await redis_client.script_flush()  # as after a restart or failover
+    await flush_scripts(redis_client)  # as after a restart or failover
     reservation = await hold(ledger, ALICE, 0.5)
-    await redis_client.script_flush()
+    await flush_scripts(redis_client)
     await ledger.settle(reservation, Usage(1, 1, usd(0.25)))
     assert (await ledger.report("alice", DEC_2)).user_today.cost_usd == 0.75
-    await redis_client.script_flush()
+    await flush_scripts(redis_client)
     assert await refused_by(ledger, ALICE, 0.26) == "user_daily"
     assert await refused_by(ledger, ALICE, 0.25) == ""
 
@@ -606,7 +610,7 @@ async def test_a_settle_during_a_redis_outage_lands_when_redis_is_back(
         await client.aclose()
 
 
-async def test_a_settle_sent_twice_is_counted_once(redis_client: redis.Redis) -> None:
+async def test_a_settle_sent_twice_is_counted_once(redis_client: redisconn.Client) -> None:
     # As when a settle's reply timed out on a paused Redis that then ran it, and the
     # bookkeeper sent it again.
     ledger = RedisLedger(redis_client, Budgets(global_monthly_usd=10.0))

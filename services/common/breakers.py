@@ -47,6 +47,7 @@ import pybreaker
 import redis.asyncio as redis
 from prometheus_client import Gauge
 
+from services.common import redisconn
 from services.common.deadline import Budget
 
 logger = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ class BreakerBoard:
 
     def __init__(
         self,
-        client: redis.Redis | None = None,
+        client: redisconn.Client | None = None,
         *,
         prefix: str = "chatagent:breaker",
         retry_max_seconds: float = 2.0,
@@ -397,7 +398,7 @@ class BreakerBoard:
         self._pending[breaker.name] = state
         self._dirty.set()
 
-    async def _publish(self, client: redis.Redis) -> None:
+    async def _publish(self, client: redisconn.Client) -> None:
         outage = _Outage(
             "breaker transitions not shared: Redis unreachable; retrying",
             "breaker transitions shared again",
@@ -420,8 +421,11 @@ class BreakerBoard:
             outage.ended()
             delay = _RETRY_MIN_SECONDS
 
-    async def _send(self, client: redis.Redis, batch: dict[str, str]) -> None:
+    async def _send(self, client: redisconn.Client, batch: dict[str, str]) -> None:
         pipe = client.pipeline(transaction=False)
+        # A cluster pipeline refuses PUBLISH (redis-py): there the messages follow the keys.
+        cluster = redisconn.is_cluster(client)
+        messages: list[str] = []
         for name, state in batch.items():
             breaker = self._breakers[name]
             if breaker.state != state:
@@ -435,11 +439,16 @@ class BreakerBoard:
                 pipe.set(self._key(name), self._origin, px=remaining_ms)
             else:
                 pipe.delete(self._key(name))
-            pipe.publish(self._channel, json.dumps(message))
+            if cluster:
+                messages.append(json.dumps(message))
+            else:
+                pipe.publish(self._channel, json.dumps(message))
         if len(pipe):
             await pipe.execute()
+        for message_text in messages:
+            await client.publish(self._channel, message_text)
 
-    async def _subscribe(self, client: redis.Redis) -> None:
+    async def _subscribe(self, client: redisconn.Client) -> None:
         outage = _Outage(
             "breaker transitions of other replicas not received: Redis unreachable; reconnecting",
             "breaker transitions of other replicas received again",
@@ -448,6 +457,7 @@ class BreakerBoard:
         while True:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
+                await redisconn.ready(client)
                 await pubsub.subscribe(self._channel)
                 # Subscribed first, then read what is open: no transition falls in between.
                 await self._catch_up(client)
@@ -466,7 +476,7 @@ class BreakerBoard:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._retry_max)
 
-    async def _catch_up(self, client: redis.Redis) -> None:
+    async def _catch_up(self, client: redisconn.Client) -> None:
         """Open the breakers whose circuit another replica opened while we were not listening.
         A close missed meanwhile is not caught up: the breaker then closes by its own trial."""
         names = list(self._breakers)

@@ -12,8 +12,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-import redis.asyncio as redis
 from redis.exceptions import RedisError
+
+from services.common import redisconn
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class MemoryCache:
 class RedisCache:
     """Entries under `prefix` in Redis, expiring by Redis's own TTL."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redisconn.Client, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
 

@@ -59,6 +59,8 @@ class ServiceSettings(BaseSettings):
     otel_service_name: str = ""
     redis_url: str = ""
     redis_timeout_seconds: Seconds = 0.5
+    # REDIS_URL names one node of a Redis Cluster; the others are discovered from it.
+    redis_cluster: bool = False
     # TLS for the server: certificate chain and key (PEM); with a client CA, clients must present
     # a certificate it signed (mTLS).
     tls_cert_file: str = ""
@@ -105,6 +107,12 @@ class ServiceSettings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _redis_cluster_url(self) -> Self:
+        if self.redis_cluster and not self.redis_url.startswith(("redis://", "rediss://")):
+            raise ValueError("REDIS_CLUSTER needs REDIS_URL, a redis:// or rediss:// node address")
+        return self
 
     @field_validator("otel_exporter_otlp_endpoint")
     @classmethod

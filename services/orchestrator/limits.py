@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
+from services.common import redisconn
 from services.orchestrator.keys import caller_key, global_key, lookalike, user_key
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class RedisRateLimiter:
     """
 
     def __init__(
-        self, client: redis.Redis, *, user: Rate, global_: Rate, caller: Rate | None = None
+        self, client: redisconn.Client, *, user: Rate, global_: Rate, caller: Rate | None = None
     ) -> None:
         self._client = client
         self._user = user
@@ -202,17 +202,11 @@ class RedisRateLimiter:
         if self._caller is not None:
             limits.append(("caller", caller_key(caller, "ratelimit"), self._caller))
         limits.append(("user", user_key(lookalike(user_id), "ratelimit"), self._user))
-        async with self._client.pipeline(transaction=False) as pipe:
-            for _, key, rate in limits:
-                pipe.evalsha(self._script.sha, 1, key, *self._args(rate, "take"))
-            results = await pipe.execute(raise_on_error=False)
-        for index, result in enumerate(results):
-            if isinstance(result, NoScriptError):
-                # A server that restarted lost its scripts; that call ran nothing.
-                _, key, rate = limits[index]
-                results[index] = await self._script(keys=[key], args=self._args(rate, "take"))
-            elif isinstance(result, Exception):
-                raise result
+        # All three in one round trip; a server that lost its scripts gets them again.
+        results = await redisconn.run_scripts(
+            self._client,
+            [(self._script, [key], self._args(rate, "take")) for _, key, rate in limits],
+        )
         waits = [0.0 if int(allowed) else int(wait_us) / 1_000_000 for allowed, wait_us in results]
         refused = next((index for index, wait in enumerate(waits) if wait), None)
         if refused is None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc.aio
-import redis.asyncio as redis
 
 from chatagent.v1 import chat_pb2, chat_pb2_grpc, emotion_pb2, speech_pb2, tools_pb2
 from services.common import redisconn, server
@@ -39,7 +39,7 @@ def _service(module: object, name: str) -> str:
 
 
 def stores(
-    settings: OrchestratorSettings, client: redis.Redis | None
+    settings: OrchestratorSettings, client: redisconn.Client | None
 ) -> tuple[SessionStore, RateLimiter, Ledger]:
     """The session store, the rate limiter and the ledger: in Redis when a client is given,
     else in this process."""
@@ -94,7 +94,7 @@ def open_channels(settings: OrchestratorSettings) -> Channels:
 def build_agent(
     settings: OrchestratorSettings,
     *,
-    client: redis.Redis | None,
+    client: redisconn.Client | None,
     board: BreakerBoard,
     channels: Channels,
     llm: Llm | None,
@@ -149,13 +149,15 @@ def build_agent(
 async def setup(host: server.ServiceHost, settings: OrchestratorSettings) -> None:
     # A ToolService RPC this orchestrator cannot offer stops the start, naming it.
     tool_specs()
-    client: redis.Redis | None = None
+    client: redisconn.Client | None = None
     if settings.redis_url:
-        client = redisconn.connect(settings.redis_url, settings.redis_timeout_seconds)
+        client = redisconn.connect(
+            settings.redis_url, settings.redis_timeout_seconds, cluster=settings.redis_cluster
+        )
         host.add_closer("redis", client.aclose)
         # Sessions, limits and budgets live there: without Redis no turn can be served, so
         # readiness follows it for the life of the process.
-        host.add_dependency_monitor("redis", client.ping)
+        host.add_dependency_monitor("redis", functools.partial(redisconn.ping, client))
     channels = open_channels(settings)
     for name in ("tools", "emotion", "speech"):
         host.add_closer(f"{name} channel", getattr(channels, name).close)

@@ -27,9 +27,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from services.common import redisconn
 from services.common.deadline import Deadline
 from services.orchestrator import keys
 from services.orchestrator.codec import decode_turn, encode_turn
@@ -496,7 +496,7 @@ class RedisSessionStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redisconn.Client,
         *,
         max_turns: int = 20,
         max_bytes: int = 32_768,
@@ -509,7 +509,7 @@ class RedisSessionStore:
             ttl_seconds=ttl_seconds,
             answer_ttl_seconds=answer_ttl_seconds,
         )
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
+        if redisconn.decodes_responses(client):
             raise ValueError("RedisSessionStore needs a client with decode_responses=False")
         self._client = client
         self._max_turns = max_turns

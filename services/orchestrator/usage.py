@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
-import redis.asyncio as redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError, WatchError
+from redis.exceptions import RedisError
 
+from services.common import redisconn
 from services.common.deadline import Deadline
 from services.orchestrator import metrics
 from services.orchestrator.keys import caller_key, global_key, user_key
@@ -550,7 +550,28 @@ end
 return 1
 """
 
-_ERASE_ATTEMPTS: Final = 10
+# KEYS: the user's key index. ARGV: the prefix of the user's usage keys. Deletes the keys the
+# index lists (only those under the prefix, even if the index were ever to hold anything else:
+# they share the user's hash tag, so they are in the script's slot) and the index, at once, so a
+# record cannot land in between. Returns how many counters (holds and settled-markers are
+# bookkeeping) existed.
+_ERASE_LUA = """
+local prefix = ARGV[1]
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+local counters = 0
+for _, key in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.sub(key, 1, #prefix) == prefix then
+    local bookkeeping = string.find(key, ':holds:', 1, true)
+      or string.find(key, ':settled:', 1, true)
+    if redis.call('DEL', key) == 1 and not bookkeeping then counters = counters + 1 end
+  end
+end
+redis.call('DEL', KEYS[1])
+return counters
+"""
 
 _ScriptCall = tuple[AsyncScript, list[str], list[str | int]]
 # A settled call's marker outlives every retry of its settle (the bookkeeper gives up after an
@@ -601,7 +622,7 @@ class RedisLedger:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redisconn.Client,
         budgets: Budgets = Budgets(),
         *,
         day_ttl: timedelta = DAY_TTL,
@@ -612,6 +633,7 @@ class RedisLedger:
         self._reserve = client.register_script(_RESERVE_LUA)
         self._cleanups: set[asyncio.Task[None]] = set()
         self._record = client.register_script(_RECORD_LUA)
+        self._erase = client.register_script(_ERASE_LUA)
         self._ttls_ms = (_ms(day_ttl), _ms(month_ttl))
 
     def _keys(self, account: Account, day: str, month: str) -> tuple[_ScopeKeys, ...]:
@@ -643,19 +665,8 @@ class RedisLedger:
         )
 
     async def _scripts(self, calls: list[_ScriptCall]) -> list[Any]:
-        """Each script once, all in one round trip on one connection."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-        # A server that restarted or failed over may not have the scripts yet; those calls ran
-        # nothing, so they are simply run again (the script object's call loads it).
-        for index, ((script, keys, args), result) in enumerate(zip(calls, results, strict=True)):
-            if isinstance(result, NoScriptError):
-                results[index] = await script(keys=keys, args=args)
-            elif isinstance(result, Exception):
-                raise result
-        return results
+        """Each script once, all in one round trip (`redisconn.run_scripts`)."""
+        return await redisconn.run_scripts(self._client, calls)
 
     async def reserve(
         self,
@@ -778,38 +789,10 @@ class RedisLedger:
         return _totals(_counts(row))
 
     async def erase(self, user_id: str) -> int:
-        index = user_key(user_id, "usage:keys")
-        # Only keys of this user's usage, even if the index were ever to hold anything else.
-        own_prefix = user_key(user_id, "usage:").encode()
-        async with self._client.pipeline(transaction=True) as pipe:
-            for _ in range(_ERASE_ATTEMPTS):
-                try:
-                    # WATCH: a record that lands between reading the index and deleting would
-                    # leave a key behind; the transaction then fails and is tried again.
-                    await pipe.watch(index)
-                    members = await pipe.zrange(index, 0, -1)
-                    keys = [
-                        key
-                        for key in (m if isinstance(m, bytes) else str(m).encode() for m in members)
-                        if key.startswith(own_prefix)
-                    ]
-                    # Records are the counters; holds and settled-markers are bookkeeping.
-                    counters = [
-                        key for key in keys if b":holds:" not in key and b":settled:" not in key
-                    ]
-                    if counters:
-                        existing = await pipe.exists(*counters)
-                    else:
-                        existing = 0
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    if keys:
-                        pipe.delete(*keys)
-                    pipe.delete(index)
-                    await pipe.execute()
-                except WatchError:
-                    continue
-                return int(existing)
-        raise RuntimeError("erasing usage kept racing with new records; try again")
+        erased = await self._erase(
+            keys=[user_key(user_id, "usage:keys")], args=[user_key(user_id, "usage:")]
+        )
+        return int(erased)
 
 
 def _counts(row: list[bytes | str | None]) -> Counts:

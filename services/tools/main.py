@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
@@ -18,8 +20,10 @@ SERVICE_NAME = tools_pb2.DESCRIPTOR.services_by_name["ToolService"].full_name
 async def setup(host: server.ServiceHost, settings: ToolSettings) -> None:
     cache: Cache
     if settings.redis_url:
-        client = redisconn.connect(settings.redis_url, settings.redis_timeout_seconds)
-        host.add_readiness_check("redis", client.ping)
+        client = redisconn.connect(
+            settings.redis_url, settings.redis_timeout_seconds, cluster=settings.redis_cluster
+        )
+        host.add_readiness_check("redis", functools.partial(redisconn.ping, client))
         host.add_closer("redis", client.aclose)
         cache = RedisCache(client, prefix="chatagent:tools:")
     else:
