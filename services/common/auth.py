@@ -27,13 +27,20 @@ _OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _SCHEME: Final = "bearer "
 
 
+class _Ambiguous(Exception):
+    """More than one authorization header: which one counts would depend on the proxy."""
+
+
 def _token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-    for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str):
-            if value[: len(_SCHEME)].lower() != _SCHEME:
-                return None
-            return value[len(_SCHEME) :].strip()
-    return None
+    values = [value for key, value in metadata or () if key == "authorization"]
+    if len(values) > 1:
+        raise _Ambiguous
+    if not values or not isinstance(values[0], str):
+        return None
+    value = values[0]
+    if value[: len(_SCHEME)].lower() != _SCHEME:
+        return None
+    return value[len(_SCHEME) :].strip()
 
 
 def _refusal(
@@ -102,7 +109,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(_OPEN_PREFIXES):
             return handler
-        presented = _token(handler_call_details.invocation_metadata)
+        try:
+            presented = _token(handler_call_details.invocation_metadata)
+        except _Ambiguous:
+            return _refusal(handler, "more than one 'authorization' header: send exactly one")
         if presented is None:
             return _refusal(handler, "missing 'authorization: Bearer <token>' metadata")
         name = self._match(presented)

@@ -34,6 +34,7 @@ from services.common.deadline import Deadline
 from services.common.gazetteer import Gazetteer, zone_city
 from services.common.language import Language, base_language, detect_language
 from services.common.status import Metadata, retry_metadata
+from services.common.text import without_controls
 from services.common.timezones import resolve_zone
 from services.common.tracing import current_trace_id
 from services.common.validation import InvalidArgument
@@ -761,7 +762,9 @@ class Agent:
         # would let the provider grow the series without bound.
         metrics.TOKENS.labels(model, "prompt").inc(reply.prompt_tokens)
         metrics.TOKENS.labels(model, "completion").inc(reply.completion_tokens)
-        return reply
+        # Untrusted text: no terminal escapes or display tricks reach the caller (a stream's
+        # pieces are cleaned as they are heard).
+        return replace(reply, content=without_controls(reply.content))
 
     def _usage_of(self, reply: LlmReply, prompt_estimate: int) -> Usage:
         if reply.usage_reported:

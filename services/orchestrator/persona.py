@@ -100,7 +100,9 @@ _REFUSALS: Final[Mapping[Language, tuple[str, ...]]] = MappingProxyType(
 # A reply reproduces the prompt when its runs of at least `_ECHO_RUN` characters in common with
 # the prompt (compared case-folded, NFKC, without whitespace and invisible characters) cover
 # this many characters, or this share of the prompt, whichever is less. Names and short phrases
-# ("Tama", "a cat") do not count; a quoted sentence of the instructions does.
+# ("Tama", "a cat") do not count; a quoted sentence of the instructions does: any whole sentence
+# of the prompt at least `_ECHO_RUN` characters long (its closing punctuation aside) is an echo
+# by itself, however short the reply.
 _ECHO_RUN: Final = 24
 _ECHO_MIN_CHARS: Final = 80
 _ECHO_MIN_SHARE: Final = 0.25
@@ -286,16 +288,28 @@ def _normalized(text: str) -> str:
     return "".join(seen.split())
 
 
+@dataclass(frozen=True, slots=True)
+class _Secret:
+    starts: dict[str, list[int]]  # where each run of the normalised prompt starts
+    length: int
+    needed: int  # how much of it an echo gives away
+    sentences: tuple[str, ...]  # the prompt's sentences long enough to be an echo each
+
+
 @functools.lru_cache(maxsize=64)
-def _prompt_runs(prompt: str) -> tuple[dict[str, list[int]], int, int]:
-    """(where each run of the normalised prompt starts, its length, how much an echo needs).
-    A turn's prompt changes by the minute and zone, so recent ones are kept, not rebuilt."""
+def _secret(prompt: str) -> _Secret:
+    """The prompt, ready to find echoes of. A turn's prompt changes by the minute and zone, so
+    recent ones are kept, not rebuilt."""
     secret = _normalized(prompt)
     starts: dict[str, list[int]] = {}
     for i in range(len(secret) - _ECHO_RUN + 1):
         starts.setdefault(secret[i : i + _ECHO_RUN], []).append(i)
     needed = min(_ECHO_MIN_CHARS, max(_ECHO_RUN, int(len(secret) * _ECHO_MIN_SHARE)))
-    return starts, len(secret), needed
+    sentences = (
+        _normalized(sentence).rstrip(".!?;:。！？")
+        for sentence in re.split(r"(?<=[.!?;。！？])\s+", prompt)
+    )
+    return _Secret(starts, len(secret), needed, tuple(s for s in sentences if len(s) >= _ECHO_RUN))
 
 
 def reproduces_prompt(reply: str, prompt: str) -> bool:
@@ -303,7 +317,10 @@ def reproduces_prompt(reply: str, prompt: str) -> bool:
     said = _normalized(reply[:_ECHO_MAX_SCANNED])
     if len(said) < _ECHO_RUN:
         return False
-    starts, length, needed = _prompt_runs(prompt)
+    secret = _secret(prompt)
+    if any(sentence in said for sentence in secret.sentences):
+        return True
+    starts, length, needed = secret.starts, secret.length, secret.needed
     if len(said) < needed or not starts:
         return False  # too short to give that much away
     # What counts is how much of the prompt the reply gives away, so a phrase repeated in the

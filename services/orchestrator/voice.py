@@ -23,6 +23,7 @@ from typing import Final
 from services.common.deadline import Deadline
 from services.common.language import Language
 from services.common.sentences import SentenceSplitter, split_sentences
+from services.common.text import without_controls
 from services.orchestrator import persona
 from services.orchestrator.clients import SpeechChunk, SpeechClient, SpeechUnavailable, join_wavs
 from services.orchestrator.llm import StopStream
@@ -171,7 +172,7 @@ class Voice:
 
     async def hear(self, piece: str) -> None:
         """A piece of the LLM's text (the stream's `on_text`)."""
-        for sentence in self._splitter.feed(piece):
+        for sentence in self._splitter.feed(without_controls(piece)):
             await self._say(sentence)
 
     async def end(self) -> None:
