@@ -280,4 +280,7 @@ def assert_stored_history_is_the_answered_turns(
         assert len(stored) == len(set(stored)), f"a turn stored twice for {user}: {stored}"
         answered = [o.message for o in mine if o.answered]
         allowed = {o.message for o in mine if not o.answered and maybe(o)}
-        assert [m for m in stored if m not in allowed] == answered, (user, stored, answered)
+        refused = [
+            (o.message, o.code, o.details, round(o.seconds, 2)) for o in mine if not o.answered
+        ]
+        assert [m for m in stored if m not in allowed] == answered, (user, stored, refused)
