@@ -145,7 +145,9 @@ class TurnAborted(Exception):
 
 
 class StoreUnavailable(Exception):
-    """The shared store (Redis) did not answer; nothing was stored."""
+    """The shared store (Redis) did not answer; the message says whether the turn was stored
+    (nothing was, unless the store failed while the turn was being committed: then it cannot
+    be known, and the same request id asks again)."""
 
 
 class RequestIdReused(InvalidArgument):
@@ -502,12 +504,25 @@ class Agent:
         except LeaseLost as exc:
             metrics.TURNS.labels("aborted").inc()
             raise TurnAborted(f"{exc}; nothing of this turn was stored") from None
-        await self._parts.ledger.count_turn(
-            turn.account,
-            tts_characters=result.usage.tts_characters,
-            epoch=lease.erasures,
-            now=self._parts.wall_clock(),
-        )
+        except RedisError as exc:
+            # Sent, and no answer: Redis may still run the commit (a paused server runs what
+            # is in its socket when it wakes), so "nothing was stored" could be false.
+            logger.warning("commit unconfirmed", extra={"error": type(exc).__name__})
+            raise StoreUnavailable(
+                "the session store did not confirm that the turn was stored; send it again "
+                "with the same request_id to get its answer if it was"
+            ) from None
+        try:
+            await self._parts.ledger.count_turn(
+                turn.account,
+                tts_characters=result.usage.tts_characters,
+                epoch=lease.erasures,
+                now=self._parts.wall_clock(),
+            )
+        except RedisError as exc:
+            # The turn is stored and answered; only its count in the usage report is missing.
+            metrics.UNSETTLED.labels("turn_count").inc()
+            logger.warning("turn not counted", extra={"error": type(exc).__name__})
 
     def _asked_place(self, turn: _Turn) -> str:
         """The place the user's weather question was answered for, to default to next time."""

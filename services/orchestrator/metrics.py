@@ -44,7 +44,8 @@ TRUNCATED = Counter(
 )
 UNSETTLED = Counter(
     "chatagent_usage_unrecorded_total",
-    "LLM usage that could not be recorded in the ledger within an hour of retrying.",
+    "Usage not recorded in the ledger: settle and release after an hour of retrying, "
+    "turn_count when counting a stored turn failed.",
     ["what"],
 )
 

@@ -82,13 +82,17 @@ def assert_outage_outcomes(outcomes: list[Outcome]) -> list[Outcome]:
     return refused
 
 
+UNCONFIRMED = "did not confirm that the turn was stored"
+
+
 def lost_answer(outcome: Outcome) -> bool:
-    """A turn may be stored although its caller got no answer if it ran out of time: its commit
-    can have happened. UNAVAILABLE says "nothing was stored" and should mean it, but a commit
-    that timed out against a paused Redis can run when Redis wakes up (seen in most runs of the
-    paused test: a turn refused with "nothing was stored" after 0.6-1.3 s is in the history).
-    Until that is fixed, and a test can land the pause on the commit deterministically, allowed."""
-    return outcome.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+    """A turn may be stored although its caller got no answer: one that ran out of time (its
+    commit can have happened), and one whose commit Redis did not confirm (a paused Redis runs
+    the commit it had in its socket when it wakes up), which says so. An UNAVAILABLE that says
+    "nothing was stored" must mean it."""
+    if outcome.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return True
+    return outcome.code == grpc.StatusCode.UNAVAILABLE and UNCONFIRMED in outcome.details
 
 
 def test_redis_paused_under_load(rig: tuple[ServiceProcess, RedisServer, FakeOpenAI]) -> None:
@@ -109,7 +113,7 @@ def test_redis_paused_under_load(rig: tuple[ServiceProcess, RedisServer, FakeOpe
     outcomes = load.join()
     refused = assert_outage_outcomes(outcomes)
     assert refused, "no turn met the paused Redis"
-    assert any("session store is unavailable" in o.details for o in refused), refused
+    assert any("session store" in o.details for o in refused), refused
     after = Load(stub, users, 3, timeout=TIMEOUT, label="q").run()
     assert all(o.answered for o in after), after
     assert orchestrator.process is not None
@@ -131,7 +135,10 @@ def test_redis_paused_under_load(rig: tuple[ServiceProcess, RedisServer, FakeOpe
 
         wait_until(recorded, 15, f"{user}'s spend recorded once")
         usage = stub.GetUsage(chat_pb2.GetUsageRequest(user_id=user), metadata=AUTH, timeout=5)
-        assert usage.user_today.turns == len(stored_history(redis.url, user))
+        stored = len(stored_history(redis.url, user))
+        # A commit Redis ran after the orchestrator stopped waiting for it is stored uncounted.
+        unconfirmed = sum(1 for o in everything if o.user == user and lost_answer(o))
+        assert stored - unconfirmed <= usage.user_today.turns <= stored, (usage, stored)
 
 
 def test_redis_killed_and_restarted_under_load(
