@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -139,18 +138,6 @@ def with_llm(_llm_process: Suite) -> Suite:
     _llm_process.tools.reset()
     _llm_process.emotion.reset()
     return _llm_process
-
-
-def metric_lines(suite: Suite) -> dict[str, float]:
-    url = f"http://127.0.0.1:{suite.process.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        page = response.read().decode()
-    values: dict[str, float] = {}
-    for line in page.splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            values[series] = float(value)
-    return values
 
 
 def code_of(call: Any) -> tuple[grpc.StatusCode, str, Any]:
@@ -364,9 +351,9 @@ def test_metrics_show_turns_tools_tokens_breakers_and_the_persona_guard(
         ),
         text("答えは42だにゃん"),
     )
-    before = metric_lines(suite)
+    before = suite.process.metrics()
     suite.chat("u-metrics", "6*7は？")
-    after = metric_lines(suite)
+    after = suite.process.metrics()
     for series, grown in (
         ('chatagent_turns_total{outcome="ok"}', 1),
         ('chatagent_tool_calls_total{status="ok",tool="calculate"}', 1),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,31 +14,23 @@ import pytest
 
 from chatagent.v1 import chat_pb2, chat_pb2_grpc
 from tests.support.ports import free_port
-from tests.support.process import ServiceProcess
+from tests.support.process import ServiceProcess, metrics_at
 
 SERVICE = "chatagent.v1.ChatService"
 
 
-def scrape(metrics_port: int) -> str:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
-            return str(r.read().decode())
-    except OSError:
-        return ""
-
-
 def handled_chats(metrics_port: int) -> float:
-    total = 0.0
-    for line in scrape(metrics_port).splitlines():
-        if line.startswith("grpc_server_handled_total{") and 'grpc_method="Chat"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(
+        value
+        for series, value in metrics_at(metrics_port).items()
+        if series.startswith("grpc_server_handled_total{") and 'grpc_method="Chat"' in series
+    )
 
 
 def listening(metrics_port: int) -> bool:
     """Whether the worker serving metrics on `metrics_port` has its gRPC server started (it
     watches Redis from then on)."""
-    return 'chatagent_dependency_up{dependency="redis"} 1.0' in scrape(metrics_port)
+    return metrics_at(metrics_port).get('chatagent_dependency_up{dependency="redis"}') == 1.0
 
 
 def workers_of(supervisor_pid: int) -> list[int]:

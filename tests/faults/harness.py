@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -183,22 +182,9 @@ def assert_clear(outcome: Outcome) -> None:
         assert leak not in outcome.details, outcome.details
 
 
-def scrape(process: ServiceProcess) -> dict[str, float]:
-    """The process's metrics: `name{labels}` -> value."""
-    url = f"http://127.0.0.1:{process.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        page = response.read().decode()
-    values: dict[str, float] = {}
-    for line in page.splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            values[series] = float(value)
-    return values
-
-
 def breaker_state(process: ServiceProcess, dependency: str) -> float:
     """0 closed, 1 half-open, 2 open (-1: no such breaker yet)."""
-    return scrape(process).get(f'chatagent_breaker_state{{dependency="{dependency}"}}', -1.0)
+    return process.metrics().get(f'chatagent_breaker_state{{dependency="{dependency}"}}', -1.0)
 
 
 # -- the fake LLM's side ------------------------------------------------------------------------

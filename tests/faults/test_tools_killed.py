@@ -18,7 +18,6 @@ from tests.faults.harness import (
     calculate_then_answer,
     chat_once,
     orchestrator_env,
-    scrape,
     stub_of,
     wait_until,
 )
@@ -57,7 +56,7 @@ def rig() -> Iterator[tuple[ServiceProcess, ServiceProcess, FakeOpenAI]]:
 
 
 def calculator_calls(orchestrator: ServiceProcess) -> dict[str, float]:
-    values = scrape(orchestrator)
+    values = orchestrator.metrics()
     prefix = 'chatagent_tool_calls_total{status="'
     calls = {}
     for series, value in values.items():

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def metrics_at(port: int) -> dict[str, float]:
+    """The Prometheus metrics served on `port`: `name{labels}` -> value ({} when nothing answers
+    there)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            page = response.read().decode()
+    except OSError:
+        return {}
+    values: dict[str, float] = {}
+    for line in page.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            values[series] = float(value)
+    return values
 
 
 class ServiceProcess:
@@ -113,6 +130,9 @@ class ServiceProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+    def metrics(self) -> dict[str, float]:
+        return metrics_at(self.metrics_port)
 
     def logs(self) -> str:
         return Path(self._log.name).read_text(encoding="utf-8", errors="replace")
