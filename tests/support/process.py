@@ -138,8 +138,11 @@ class ServiceProcess:
         return Path(self._log.name).read_text(encoding="utf-8", errors="replace")
 
     def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far; a line the process is still writing (no newline
+        yet: a caller may get its answer before the server has logged the call) is not one."""
         records = []
-        for line in self.logs().splitlines():
+        lines = self.logs().split("\n")
+        for line in lines[:-1]:
             if line.startswith("{"):
                 records.append(json.loads(line))
         return records
