@@ -23,6 +23,7 @@ import time
 
 import grpc.aio
 
+from bench.common import METADATA, TOKEN, orchestrator_env
 from chatagent.v1 import chat_pb2, chat_pb2_grpc
 from services.orchestrator.llm import LlmRequest, OpenAIChat
 from services.orchestrator.model import UserMessage
@@ -30,8 +31,6 @@ from tests.support.doubles import emotion_double, tools_double
 from tests.support.fake_openai import Reply, fake_openai
 from tests.support.process import ServiceProcess
 
-TOKEN = "bench-token"  # noqa: S105 - a local test token
-METADATA = (("authorization", f"Bearer {TOKEN}"),)
 DELAYS = {"GetTime": 0.120, "GetWeather": 0.350, "Calculate": 0.080}
 LOAD_SECONDS = 5.0
 
@@ -147,28 +146,12 @@ def _ms(seconds: float) -> str:
 def main() -> None:
     with fake_openai() as llm, tools_double() as tools, emotion_double() as emotion:
         tools.delays = dict(DELAYS)
-        env = {
-            "TOOLS_ADDR": tools.address,
-            "EMOTION_ADDR": emotion.address,
-            "SPEECH_ADDR": "127.0.0.1:1",
-            "OPENAI_BASE_URL": llm.base_url,
-            "OPENAI_API_KEY": "sk-bench",
-            "CHAT_API_TOKENS": f"bench:{TOKEN}",
-            "LOG_LEVEL": "WARNING",
-            "USER_RATE_PER_MINUTE": "1000000",
-            "USER_BURST": "100000",
-            "GLOBAL_RATE_PER_SECOND": "1000000",
-            "GLOBAL_BURST": "100000",
-            "CALLER_RATE_PER_MINUTE": "1000000",
-            "CALLER_BURST": "100000",
-            "LLM_MODEL": "fake-model",
-            "LLM_PRICES": '{"fake-model": [0.15, 0.6]}',
-            # Budgets on, far away: every LLM call is still reserved and settled, as in
-            # production.
-            "USER_DAILY_BUDGET_USD": "1000000",
-            "CALLER_DAILY_BUDGET_USD": "1000000",
-            "GLOBAL_MONTHLY_BUDGET_USD": "1000000",
-        }
+        env = orchestrator_env(
+            TOOLS_ADDR=tools.address,
+            EMOTION_ADDR=emotion.address,
+            SPEECH_ADDR="127.0.0.1:1",
+            OPENAI_BASE_URL=llm.base_url,
+        )
         with ServiceProcess("orchestrator", env) as chat:
             chat.start(wait_for="chatagent.v1.ChatService")
             samples = 10
