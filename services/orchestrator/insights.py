@@ -10,6 +10,7 @@ turn comes within that gap.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -53,6 +54,12 @@ _UNUSUAL_CATEGORIES: Final = frozenset({"Co", "Cn", "Cs"})
 _INVISIBLE: Final = frozenset({"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"})
 
 
+# Every emoji begins with one of these: a message with none of them is not scanned for emoji
+# (the emoji package's scan is most of the cost of reading a message).
+_EMOJI_STARTS: Final = frozenset(sequence[0] for sequence in emoji.EMOJI_DATA)
+
+
+@functools.lru_cache(maxsize=4096)
 def _script(ch: str) -> str:
     words = unicodedata.name(ch, "").split()
     if words and words[0] in {"HALFWIDTH", "FULLWIDTH"}:
@@ -65,9 +72,10 @@ def message_features(message: str) -> frozenset[str]:
     shows. Zero-width joiners and variation selectors inside emoji are part of the emoji."""
     features: set[str] = set()
     rest = message
-    if emoji.emoji_count(message):
-        features.add("emoji")
+    if not _EMOJI_STARTS.isdisjoint(message):
         rest = emoji.replace_emoji(message, "")
+        if rest != message:
+            features.add("emoji")
     marks = 0
     scripts: set[str] = set()
     for word in rest.split():
