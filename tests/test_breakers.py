@@ -17,6 +17,7 @@ import grpc.aio
 import pybreaker
 import pytest
 from prometheus_client import REGISTRY
+from redis.asyncio.client import PubSub
 
 from services.common import redisconn
 from services.common.breakers import Breaker, BreakerBoard, CircuitOpen, grpc_codes
@@ -278,13 +279,10 @@ async def test_an_open_circuit_opens_and_closes_on_every_replica(
         # No call goes through `second`: only the shared transition can close it.
         await wait_until(lambda: second["llm"].state == CLOSED, within=1.0, message="shared close")
 
-    messages = []
-    while (message := await published.get_message(timeout=0.2)) is not None:
-        if message["type"] == "message":
-            messages.append(json.loads(message["data"])["state"])
-    await published.aclose()
+    messages = await drain(published)
     await listener.aclose()
-    assert messages == [OPEN, CLOSED]  # published once each: nobody echoed them
+    # The first failure's count, then each transition once: nobody echoed them.
+    assert [m.get("state", m.get("failures")) for m in messages] == [1, OPEN, CLOSED]
     assert transitions(caplog, "llm") == [
         ("WARNING", OPEN, "this replica"),
         ("WARNING", OPEN, "another replica"),
@@ -292,6 +290,116 @@ async def test_an_open_circuit_opens_and_closes_on_every_replica(
         ("INFO", CLOSED, "this replica"),
         ("INFO", CLOSED, "another replica"),
     ]
+
+
+async def drain(published: PubSub) -> list[dict[str, object]]:
+    """What was published on the board's channel, in order; closes the subscription."""
+    messages = []
+    while (message := await published.get_message(timeout=0.2)) is not None:
+        if message["type"] == "message":
+            messages.append(json.loads(message["data"]))
+    await published.aclose()
+    return messages
+
+
+async def test_failures_spread_over_replicas_open_the_circuit_once_at_fail_max(
+    any_redis: RedisTarget, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        replica(any_redis, prefix, llm=60) as first,
+        replica(any_redis, prefix, llm=60) as second,
+    ):
+        await fail(first["llm"], rpc_error(grpc.StatusCode.UNAVAILABLE))
+        await wait_until(lambda: second["llm"].failures == 1, within=2, message="shared count")
+        assert second["llm"].state == CLOSED
+        await fail(second["llm"], rpc_error(grpc.StatusCode.UNAVAILABLE))
+        assert second["llm"].state == OPEN  # two failures in all: fail_max, not two per replica
+        await wait_until(lambda: first["llm"].state == OPEN, within=2, message="shared open")
+    assert transitions(caplog, "llm") == [
+        ("WARNING", OPEN, "this replica"),
+        ("WARNING", OPEN, "another replica"),
+    ]
+
+
+async def test_a_success_anywhere_ends_the_run_and_steady_success_publishes_nothing(
+    any_redis: RedisTarget, prefix: str
+) -> None:
+    listener = any_redis.connect(1.0)
+    await redisconn.ready(listener)
+    published = listener.pubsub()
+    await published.subscribe(f"{prefix}:transitions")
+    async with (
+        replica(any_redis, prefix, llm=60) as first,
+        replica(any_redis, prefix, llm=60) as second,
+    ):
+        for _ in range(50):
+            await succeed(first["llm"])
+        await fail(first["llm"], rpc_error(grpc.StatusCode.UNAVAILABLE))
+        await wait_until(lambda: second["llm"].failures == 1, within=2, message="shared count")
+        await succeed(second["llm"])
+        await wait_until(lambda: first["llm"].failures == 0, within=2, message="shared reset")
+        for _ in range(50):
+            await succeed(first["llm"])
+            await succeed(second["llm"])
+        # Not in a row: one failure on each side of a success elsewhere never opens.
+        await fail(first["llm"], rpc_error(grpc.StatusCode.UNAVAILABLE))
+        assert first["llm"].state == CLOSED
+    messages = await drain(published)
+    await listener.aclose()
+    assert [(m["reset"], m["failures"]) for m in messages] == [(False, 1), (True, 0), (False, 1)]
+
+
+async def test_failures_ending_together_on_both_replicas_open_both_at_once(
+    any_redis: RedisTarget, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        replica(any_redis, prefix, llm=60) as first,
+        replica(any_redis, prefix, llm=60) as second,
+    ):
+        # A hang timing out everywhere at once: one failure each before either hears of the
+        # other's (the boards publish only once the loop runs their tasks).
+        await asyncio.gather(
+            fail(first["llm"], rpc_error(grpc.StatusCode.UNAVAILABLE)),
+            fail(second["llm"], rpc_error(grpc.StatusCode.UNAVAILABLE)),
+        )
+        await wait_until(
+            lambda: first["llm"].state == second["llm"].state == OPEN,
+            within=2,
+            message="both open on the shared count, without a third failing call",
+        )
+
+
+async def test_a_runaway_count_stalls_nothing_and_a_forged_one_breaks_nothing(
+    any_redis: RedisTarget, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sender = any_redis.connect(1.0)
+    await redisconn.ready(sender)
+    async with replica(any_redis, prefix, llm=60, speech=60) as only:
+        channel = f"{prefix}:transitions"
+        base = {"origin": "elsewhere", "dependency": "speech"}
+        async with StallMeter() as meter:
+            await sender.publish(channel, json.dumps({**base, "reset": False, "failures": 10**9}))
+            await wait_until(lambda: only["speech"].state == OPEN, within=2, message="counted")
+        assert meter.max_gap < 0.5  # counted as fail_max failures, not looped a billion times
+        base["dependency"] = "llm"
+        for bad in (
+            {**base, "reset": "yes", "failures": 1},
+            {**base, "reset": False, "failures": True},
+            {**base, "reset": False, "failures": 1.5},
+            {**base, "dependency": ["llm"], "reset": False, "failures": 1},
+        ):
+            await sender.publish(channel, json.dumps(bad))
+        await wait_until(
+            lambda: sum("unreadable" in r.getMessage() for r in caplog.records) == 4,
+            within=2,
+            message="forged counts refused",
+        )
+        await sender.publish(channel, json.dumps({**base, "reset": False, "failures": 1}))
+        await wait_until(lambda: only["llm"].failures == 1, within=2, message="a good count")
+        assert only["llm"].state == CLOSED
+        await succeed(only["llm"])
+        assert only["llm"].failures == 0
+    await sender.aclose()
 
 
 async def test_a_replica_that_starts_later_sees_the_open_circuit(

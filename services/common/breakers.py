@@ -28,6 +28,14 @@ subscriber task applies the other replicas' transitions to the local breakers wi
 them again. When Redis is away the breakers keep working locally; the outage is logged once, the
 subscriber reconnects with backoff and catches up on circuits opened meanwhile. Half-open is not
 shared: each replica tries its own trial call when its reset timeout has passed.
+
+The count of failures in a row is shared the same way, so that `fail_max` failures open the
+circuit however the calls were spread over the replicas: a closed breaker publishes each failure
+it counts, and a success that ends a run of failures, and adds the other replicas' failures to
+its own count (or resets it). Whichever replica's count reaches `fail_max` first opens and
+publishes the open as above. Nothing is published while calls succeed. The count is as exact as
+the messages are prompt: a call that fails while another replica's failure is on its way is one
+more than `fail_max`, never `fail_max` per replica.
 """
 
 from __future__ import annotations
@@ -156,12 +164,9 @@ class _Guard:
         traceback: TracebackType | None,
     ) -> None:
         assert self._pending is not None
-        if error is None:
-            _settle(self._pending, self._verdict, failed=False)
-            return
-        blamed = self._breaker._blame(error, self._budget)
+        blamed = False if error is None else self._breaker._blame(error, self._budget)
         if blamed is not None:
-            _settle(self._pending, self._verdict, failed=blamed)
+            self._breaker._record(self._pending, self._verdict, failed=blamed)
         # Returning None: the error propagates to the caller as it was.
 
 
@@ -208,14 +213,19 @@ class Breaker:
         )
         self._adopting = False
         self._adopted_remaining = 0.0
-        # Set by a BreakerBoard that shares this breaker's transitions.
+        # Set by a BreakerBoard that shares this breaker's transitions and failure count.
         self._share: Callable[[Breaker, str], None] | None = None
+        self._share_count: Callable[[Breaker, bool], None] | None = None
         BREAKER_STATE.labels(name).set(0)
 
     @property
     def state(self) -> str:
         """pybreaker's state name: "closed", "open" or "half-open"."""
         return self._circuit.current_state
+
+    @property
+    def fail_max(self) -> int:
+        return self._circuit.fail_max
 
     @property
     def reset_seconds(self) -> float:
@@ -232,6 +242,36 @@ class Breaker:
             return 0.0
         elapsed = (datetime.now(UTC) - opened_at).total_seconds()
         return max(0.0, self.reset_seconds - elapsed)
+
+    @property
+    def failures(self) -> int:
+        """Failures in a row counted by the closed circuit (other replicas' included)."""
+        return self._storage.counter
+
+    def _record(
+        self, pending: Generator[None, None, None], verdict: _Verdict, *, failed: bool
+    ) -> None:
+        counted_before = self._storage.counter
+        was_closed = self.state == pybreaker.STATE_CLOSED
+        _settle(pending, verdict, failed=failed)
+        if self._share_count is None or not was_closed or self.state != pybreaker.STATE_CLOSED:
+            return  # half-open trials are this replica's own; an open is shared as a transition
+        if failed or counted_before:
+            self._share_count(self, failed)
+
+    def _count_remote(self, reset: bool, failures: int) -> None:
+        """Another replica's count: a success that ended its run of failures (`reset`), then
+        `failures` in a row (at most fail_max are counted). Reaching fail_max opens here."""
+        if self.state != pybreaker.STATE_CLOSED:
+            return
+        if reset:
+            self._storage.reset_counter()
+        for _ in range(min(failures, self.fail_max)):
+            self._storage.increment_counter()
+        if failures and self._storage.counter >= self.fail_max:
+            # Failures that ended together on both replicas (a hang timing out everywhere at
+            # once) each arrive after the other's own count: the sum decides.
+            self._circuit.open()
 
     def _blame(self, error: BaseException, budget: Budget) -> bool | None:
         """True: the dependency failed; False: it answered; None: the call says nothing."""
@@ -331,6 +371,8 @@ class BreakerBoard:
         self._origin = uuid.uuid4().hex
         self._breakers: dict[str, Breaker] = {}
         self._pending: dict[str, str] = {}
+        # Per breaker: whether a success reset its count, then how many failures followed.
+        self._counts: dict[str, tuple[bool, int]] = {}
         self._dirty = asyncio.Event()
         self._synced = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -359,6 +401,7 @@ class BreakerBoard:
         )
         if self._client is not None:
             made._share = self._queue
+            made._share_count = self._queue_count
         self._breakers[name] = made
         return made
 
@@ -398,6 +441,12 @@ class BreakerBoard:
         self._pending[breaker.name] = state
         self._dirty.set()
 
+    def _queue_count(self, breaker: Breaker, failed: bool) -> None:
+        # On the calling path too: a note for the publisher, nothing more.
+        reset, failures = self._counts.get(breaker.name, (False, 0))
+        self._counts[breaker.name] = (reset, failures + 1) if failed else (True, 0)
+        self._dirty.set()
+
     async def _publish(self, client: redisconn.Client) -> None:
         outage = _Outage(
             "breaker transitions not shared: Redis unreachable; retrying",
@@ -408,12 +457,15 @@ class BreakerBoard:
             await self._dirty.wait()
             self._dirty.clear()
             batch, self._pending = self._pending, {}
+            counts, self._counts = self._counts, {}
             try:
-                await self._send(client, batch)
+                await self._send(client, batch, counts)
             except Exception as exc:
                 outage.began(exc)
                 for name, state in batch.items():
                     self._pending.setdefault(name, state)  # unless a newer one is queued
+                # Counts are not kept: after an outage, each replica counts afresh from what
+                # it sees, which errs toward keeping the circuit closed a little longer.
                 self._dirty.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
@@ -421,7 +473,9 @@ class BreakerBoard:
             outage.ended()
             delay = _RETRY_MIN_SECONDS
 
-    async def _send(self, client: redisconn.Client, batch: dict[str, str]) -> None:
+    async def _send(
+        self, client: redisconn.Client, batch: dict[str, str], counts: dict[str, tuple[bool, int]]
+    ) -> None:
         pipe = client.pipeline(transaction=False)
         # A cluster pipeline refuses PUBLISH (redis-py): there the messages follow the keys.
         cluster = redisconn.is_cluster(client)
@@ -443,6 +497,16 @@ class BreakerBoard:
                 messages.append(json.dumps(message))
             else:
                 pipe.publish(self._channel, json.dumps(message))
+        for name, (reset, failures) in counts.items():
+            if self._breakers[name].state != pybreaker.STATE_CLOSED:
+                continue  # it opened since: the transition says more
+            count: dict[str, Any] = {
+                "origin": self._origin, "dependency": name, "reset": reset, "failures": failures
+            }  # fmt: skip
+            if cluster:
+                messages.append(json.dumps(count))
+            else:
+                pipe.publish(self._channel, json.dumps(count))
         if len(pipe):
             await pipe.execute()
         for message_text in messages:
@@ -497,12 +561,24 @@ class BreakerBoard:
     def _receive(self, data: bytes | str) -> None:
         try:
             message = json.loads(data)
-            origin, name, state = message["origin"], message["dependency"], message["state"]
-            remaining = float(message.get("remaining_ms", 0)) / 1000
+            origin, name = message["origin"], message["dependency"]
+            if not isinstance(name, str):
+                raise TypeError("dependency")
+            if "failures" in message:
+                reset, failures = message["reset"], message["failures"]
+                if not isinstance(reset, bool) or type(failures) is not int:
+                    raise TypeError("count")
+                state, remaining = None, 0.0
+            else:
+                state = message["state"]
+                remaining = float(message.get("remaining_ms", 0)) / 1000
         except (ValueError, TypeError, KeyError):
-            logger.warning("unreadable breaker transition ignored")
+            logger.warning("unreadable breaker message ignored")
             return
         if origin == self._origin or name not in self._breakers:
             return
-        if state in (pybreaker.STATE_OPEN, pybreaker.STATE_CLOSED):
-            self._breakers[name]._adopt(state, remaining)
+        breaker = self._breakers[name]
+        if state is None:
+            breaker._count_remote(reset, max(0, failures))
+        elif state in (pybreaker.STATE_OPEN, pybreaker.STATE_CLOSED):
+            breaker._adopt(state, remaining)
