@@ -148,6 +148,12 @@ def test_metrics_count_calls_by_method_and_code_and_logs_keep_user_text_out() ->
         assert any(r["request_id"] == "req-abc-123" for r in finished)
         assert "31337" not in tools.logs()
         assert "Secretplace" not in tools.logs()
+        # What it loaded at start (the gazetteer) was frozen out of the garbage collector's
+        # walks before it reported SERVING.
+        messages = [r["message"] for r in records]
+        frozen = messages.index("start-up objects frozen out of the garbage collector")
+        assert frozen < messages.index("serving")
+        assert records[frozen]["objects"] > 100_000
 
 
 def test_spans_reach_the_otlp_receiver_and_the_trace_continues_upstream() -> None:

@@ -22,10 +22,12 @@ host and names what must be ready before the service reports SERVING; the host d
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -325,6 +327,8 @@ async def _serve(
 ) -> None:
     host = ServiceHost(settings, service_names, interceptors)
     await setup(host, settings)
+    # Last, once everything the service loads at start is loaded: before it is SERVING.
+    host.add_readiness_check("heap", freeze_heap)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -332,6 +336,24 @@ async def _serve(
     await host.start()
     await stop.wait()
     await host.stop()
+
+
+async def freeze_heap() -> None:
+    """Move what the process loaded at start out of the cyclic garbage collector's reach.
+
+    Dictionaries, gazetteer, lexicons and models are hundreds of thousands of objects that live
+    as long as the process; every full collection walked them all again (about 200 ms on the
+    2-core machine, a stall of the event loop every few thousand requests). Frozen after one
+    last collection, they are never walked again; reference counting still frees them.
+    """
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    took_ms = round(1000 * (time.perf_counter() - started))
+    logger.info(
+        "start-up objects frozen out of the garbage collector",
+        extra={"objects": gc.get_freeze_count(), "ms": took_ms},
+    )
 
 
 def run(
