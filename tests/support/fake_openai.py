@@ -8,7 +8,8 @@ requests are released at shutdown, so the server always stops promptly.
 
 `"stream": true` requests get server-sent events: text deltas, tool-call deltas (name first,
 then the arguments in pieces), a finish chunk, a usage chunk when
-`stream_options.include_usage` is set, then `data: [DONE]`.
+`stream_options.include_usage` is set, then `data: [DONE]`; the first chunk may be held back
+after the headers (`stream_first_chunk_delay_seconds`: a provider slow to its first token).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class Reply:
     # Streaming only: the text is sent in pieces of this many characters.
     stream_piece_chars: int = 4
     stream_piece_delay_seconds: float = 0.0
+    # Streaming only: the status and headers go out at once, the first chunk this much later
+    # (a provider slow to its first token; `delay_seconds` holds back the headers too).
+    stream_first_chunk_delay_seconds: float = 0.0
 
     @staticmethod
     def error(status: int, *, headers: dict[str, str] | None = None, message: str = "") -> Reply:
@@ -301,6 +305,11 @@ def fake_openai() -> Iterator[FakeOpenAI]:
             for name, value in reply.headers.items():
                 self.send_header(name, value)
             self.end_headers()
+            if reply.stream_first_chunk_delay_seconds:
+                self.wfile.flush()  # the headers are out; the first chunk waits
+                if state.release.wait(reply.stream_first_chunk_delay_seconds):
+                    self.close_connection = True
+                    return
             for chunk in stream_chunks(reply, state._next_id(), include_usage):
                 self._write_chunk(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
                 if reply.stream_piece_delay_seconds and state.release.wait(

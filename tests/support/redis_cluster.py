@@ -4,6 +4,11 @@ Started once per test session (it takes about a second); tests share it and `flu
 between. Every node runs in its own temporary directory. A node counts as started only when the
 Redis answering on its port is the process we started (`INFO server` process_id): another run's
 Redis that took the free port first makes us try another port.
+
+Fault tests start a cluster of their own: with replicas (`replicas=1`: one per master, for
+failover) or an append-only file fsynced on every write (`appendonly=True`: a master killed and
+started again keeps what it acknowledged), kill one node and start it again on the same port
+with the same directory (its nodes.conf and append-only file).
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class _Node:
     bus_port: int
     workdir: tempfile.TemporaryDirectory[str]
     process: subprocess.Popen[bytes]
+    # The command line it was started with: `restart` runs it again (same port, same directory).
+    argv: list[str] = field(default_factory=list)
 
     def ours(self) -> bool:
         reply = _command(self.port, "INFO", "server", timeout=0.2)
@@ -66,6 +73,37 @@ class _Node:
 
     def cluster_info(self) -> str:
         return _command(self.port, "CLUSTER", "INFO").decode(errors="replace")
+
+    def cluster_nodes(self) -> str:
+        """CLUSTER NODES as this node sees the cluster ("" when it does not answer)."""
+        reply = _command(self.port, "CLUSTER", "NODES")
+        if not reply.startswith(b"$"):
+            return ""
+        return reply.partition(b"\r\n")[2].decode(errors="replace").strip()
+
+    def is_master(self) -> bool:
+        return "role:master" in self.info("replication")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: gone at once, its directory (nodes.conf, append-only file) kept."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start it again after `kill`: the same port, directory and node id."""
+        assert self.process.poll() is not None, "restart a node that was killed"
+        self.process = subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 10
+        while not self.ours():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RedisNotAvailable(f"the cluster node on port {self.port} did not restart")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -80,9 +118,13 @@ class _Node:
 
 @dataclass
 class RedisCluster:
-    """Three masters, no replicas: every slot is served, each by one process."""
+    """Three masters, no replicas: every slot is served, each by one process. `replicas` per
+    master for failover; `appendonly` to keep what a killed node acknowledged."""
 
     nodes: list[_Node] = field(default_factory=list)
+    masters: int = MASTERS
+    replicas: int = 0
+    appendonly: bool = False
 
     @property
     def url(self) -> str:
@@ -102,7 +144,7 @@ class RedisCluster:
                 "(Debian/Ubuntu: apt-get install redis-server)"
             )
         try:
-            for _ in range(MASTERS):
+            for _ in range(self.masters * (1 + self.replicas)):
                 self.nodes.append(self._start_node(program))
             created = subprocess.run(
                 [
@@ -111,7 +153,7 @@ class RedisCluster:
                     "create",
                     *(f"127.0.0.1:{port}" for port in self.ports),
                     "--cluster-replicas",
-                    "0",
+                    str(self.replicas),
                     "--cluster-yes",
                 ],
                 capture_output=True,
@@ -136,32 +178,33 @@ class RedisCluster:
             if port == bus_port:
                 continue
             workdir = tempfile.TemporaryDirectory(prefix="chatagent-redis-cluster-")
-            process = subprocess.Popen(
-                [
-                    program,
-                    "--port",
-                    str(port),
-                    "--cluster-port",
-                    str(bus_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    workdir.name,
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.STDOUT,
+            persistence = (
+                ["--appendonly", "yes", "--appendfsync", "always"]
+                if self.appendonly
+                else ["--appendonly", "no"]
             )
-            node = _Node(port, bus_port, workdir, process)
+            argv = [
+                program,
+                "--port",
+                str(port),
+                "--cluster-port",
+                str(bus_port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+                "--save",
+                "",
+                *persistence,
+                "--dir",
+                workdir.name,
+            ]
+            process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            node = _Node(port, bus_port, workdir, process, argv)
             deadline = time.monotonic() + 10
             while process.poll() is None and time.monotonic() < deadline:
                 if node.ours():
@@ -177,11 +220,69 @@ class RedisCluster:
             if time.monotonic() > deadline:
                 raise RedisNotAvailable("the test Redis Cluster did not reach cluster_state:ok")
             time.sleep(0.05)
+        if not self.replicas:
+            return
+        # A replica can take over only once it has its master's data and every node knows
+        # every other (the masters vote on its promotion).
+        while not all(self._ready_for_failover(node) for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise RedisNotAvailable("the test Redis Cluster's replicas did not sync")
+            time.sleep(0.05)
+
+    def _ready_for_failover(self, node: _Node) -> bool:
+        known = [line for line in node.cluster_nodes().splitlines() if line.strip()]
+        if len(known) != len(self.nodes) or any("handshake" in line for line in known):
+            return False
+        replication = node.info("replication")
+        return "role:master" in replication or "master_link_status:up" in replication
+
+    # -- one node taken away and brought back (fault tests) -------------------------------------
+
+    def node_at(self, port: int) -> _Node:
+        [node] = [node for node in self.nodes if node.port == port]
+        return node
+
+    def live_url(self) -> str:
+        """A node that is up and answering: for a client made while another node is away."""
+        for node in self.nodes:
+            if node.alive():
+                return f"redis://127.0.0.1:{node.port}/0"
+        raise RuntimeError("no cluster node is up")
+
+    def slot_owner(self, slot: int) -> _Node:
+        """The master serving `slot` now, as a node that is up sees it (a master that failed
+        and was replaced no longer does)."""
+        for node in self.nodes:
+            if not node.alive():
+                continue
+            for line in node.cluster_nodes().splitlines():
+                fields = line.split()
+                if len(fields) < 8 or "master" not in fields[2] or "fail" in fields[2]:
+                    continue
+                for span in fields[8:]:
+                    if span.startswith("["):
+                        continue  # a slot being migrated
+                    first, _, last = span.partition("-")
+                    if int(first) <= slot <= int(last or first):
+                        return self.node_at(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        raise RuntimeError(f"no master serves slot {slot}")
+
+    def states(self) -> dict[int, str]:
+        """Each answering node's cluster_state ("ok" or "fail"), by port."""
+        states = {}
+        for node in self.nodes:
+            if node.alive():
+                for line in node.cluster_info().splitlines():
+                    if line.startswith("cluster_state:"):
+                        states[node.port] = line.partition(":")[2].strip()
+        return states
 
     def flush(self) -> None:
         """Empty every master and reset its statistics (error counts included). Loaded scripts
         stay: they are no data, and tests about lost scripts flush them themselves."""
         for node in self.nodes:
+            if self.replicas and not node.is_master():
+                continue  # a replica refuses FLUSHALL; it follows its master
             for words in (("FLUSHALL",), ("CONFIG", "RESETSTAT")):
                 reply = _command(node.port, *words, timeout=5.0)
                 if not reply.startswith(b"+OK"):
