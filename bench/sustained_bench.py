@@ -130,7 +130,7 @@ def plot(rows: list[dict[str, Any]], rate: float, path: Path) -> str:
 def main(argv: list[str] | None = None) -> Section:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=180.0)
-    parser.add_argument("--rate", type=float, default=60.0, help="turns started per second")
+    parser.add_argument("--rate", type=float, default=30.0, help="turns started per second")
     parser.add_argument("--users", type=int, default=1000, help="user ids rotated over")
     parser.add_argument("--timeout", type=float, default=10.0, help="each turn's deadline")
     parser.add_argument("--out-dir", type=Path, default=HERE)

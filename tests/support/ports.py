@@ -28,7 +28,7 @@ def _own_range() -> range:
 
 
 _RANGE = _own_range()
-_NEXT = itertools.count(random.randrange(len(_RANGE)))  # noqa: S311 - not for security
+_NEXT = itertools.count(random.randrange(len(_RANGE)))
 
 
 def free_port() -> int:
