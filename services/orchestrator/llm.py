@@ -231,15 +231,43 @@ class OpenAIChat:
         body = self._body(request)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
+        said = False
+
+        async def heard(piece: str) -> None:
+            nonlocal said
+            said = True
+            await on_text(piece)
+
         with self._span(request) as span:
             try:
                 async with deadline.timeout():
-                    # Retries happen before the first chunk only: nothing has been said yet.
-                    with span.current():
-                        chunks = await self._create_with_retries(body, deadline, stream=True)
-                    # Read in the caller's context, not the LLM span's: what `on_text` starts
-                    # (speech, sentence by sentence) belongs to the turn, not to this call.
-                    return await _read_stream(chunks, on_text, self._model, span)
+                    for restart in range(self._max_retries + 1):
+                        # Retries happen before the first text only: nothing has been said yet.
+                        with span.current():
+                            chunks = await self._create_with_retries(body, deadline, stream=True)
+                        try:
+                            # Read in the caller's context, not the LLM span's: what `on_text`
+                            # starts (speech, sentence by sentence) belongs to the turn.
+                            return await _read_stream(chunks, heard, self._model, span)
+                        except openai.APIError as exc:
+                            # The answer began (its headers came) and then the stream did not:
+                            # a first chunk later than the attempt's share of the time, or a
+                            # connection or error event halfway. openai raises these from the
+                            # iterator, where the retries above never see them.
+                            timed_out = isinstance(exc, openai.APITimeoutError)
+                            last = restart == self._max_retries or deadline.expired()
+                            if said or last:
+                                if timed_out:
+                                    raise TimeoutError from exc
+                                raise LlmUnavailable(
+                                    "the LLM's stream broke off"
+                                    + (" after its first words" if said else "")
+                                ) from exc
+                            reason = "stream timeout" if timed_out else "stream broke off"
+                            logger.info("LLM stream %d failed (%s); retrying", restart + 1, reason)
+                            with span.current():
+                                _retry_event(restart, reason, 0.0)
+                    raise AssertionError("unreachable")  # the last restart returns or raises
             except TimeoutError as exc:
                 raise LlmTimeout(f"LLM gave no answer within {timeout_seconds:.3g}s") from exc
 
@@ -279,7 +307,9 @@ class OpenAIChat:
             last = attempt == self._max_retries
             attempt_timeout = remaining if last else remaining * ATTEMPT_BUDGET_SHARE
             try:
-                return await self._create(body, attempt_timeout, stream=stream)
+                return await self._create(
+                    body, attempt_timeout, stream=stream, read_seconds=remaining
+                )
             except openai.APITimeoutError as exc:
                 if last or deadline.expired():
                     raise TimeoutError from exc
@@ -317,18 +347,29 @@ class OpenAIChat:
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
     async def _create(
-        self, body: dict[str, Any], attempt_seconds: float, *, stream: bool = False
+        self,
+        body: dict[str, Any],
+        attempt_seconds: float,
+        *,
+        stream: bool = False,
+        read_seconds: float | None = None,
     ) -> Any:
         # The client's generic `post` (its documented way to send a body as it is) instead of
         # `chat.completions.create`: our messages and tool schemas are plain JSON already, and
         # create() walks them through its TypedDict transformer on every call, about a quarter
         # of a turn's CPU.
         if stream:
+            timeout = httpx.Timeout(attempt_seconds, read=read_seconds or attempt_seconds)
+            # An attempt's share bounds connecting and sending; reading (the headers, the first
+            # token, each one after) may take all the time left: a provider slow to its first
+            # token is thinking, not failing, and a new request would start its thinking over.
+            # The price: a provider that never answers at all is not retried within the call.
             return await self.client.post(
                 "/chat/completions",
                 cast_to=ChatCompletion,
                 body=body,
-                options={"timeout": attempt_seconds},
+                # openai normalizes an httpx.Timeout as it does its own httpx2 one.
+                options=cast(Any, {"timeout": timeout}),
                 stream=True,
                 stream_cls=openai.AsyncStream[ChatCompletionChunk],
             )

@@ -10,7 +10,9 @@ budget the caller's deadline cut short ends with it.
   once, the breaker opens, and the turns after it are answered at once.
 * No turn is lost: the stored history is exactly the answered turns.
 
-The same with `LLM_MAX_RETRIES` at its default (2) shows a bug: see `RETRY_BUG`.
+The same with `LLM_MAX_RETRIES` at its default (2): a first token later than one attempt's share
+of the bound is waited for, not cut off and asked again (a new request would start the
+provider's thinking over), and a late one is still the planner's answer, never UNKNOWN.
 """
 
 from __future__ import annotations
@@ -53,16 +55,6 @@ CLOSED = 0.0
 
 SLOW_TEXT = "最初のことばはゆっくりだにゃん。そのあとは速いにゃん。"
 FAST_TEXT = "すぐ答えたにゃん。"
-
-RETRY_BUG = (
-    "bug: with LLM_MAX_RETRIES > 0 (the default is 2) a streamed attempt gets half the LLM "
-    "budget as its HTTP read timeout (llm.py ATTEMPT_BUDGET_SHARE); a first chunk later than "
-    "that makes openai's stream iterator raise APITimeoutError inside _read_stream, after "
-    "_create_with_retries, where OpenAIChat.stream maps only TimeoutError to LlmTimeout. The "
-    'error is no LlmError, so the turn ends UNKNOWN ("Unexpected <class '
-    "'openai.APITimeoutError'>\") instead of the planner's answer, and the LLM breaker counts it "
-    "as the provider's failure even when the caller's deadline cut the call short"
-)
 
 
 @dataclass
@@ -295,7 +287,22 @@ def test_every_answered_stream_is_in_history_once(rig: Rig) -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason=RETRY_BUG)
+def test_with_default_retries_a_first_token_past_an_attempts_share_is_still_the_llms(
+    rig: Rig,
+) -> None:
+    until_closed(rig.retrying, rig.retrying_llm)
+    rig.retrying_llm.reset()
+    # Past half of LLM_TIMEOUT (the first of three attempts' share), within all of it.
+    rig.retrying_llm.default = slow_first_token(LLM_TIMEOUT * 0.7)
+    stub = stub_of(rig.retrying)
+    streamed = stream_once(stub, "st-retry-slow", "こんにちは", timeout=LONG)
+    assert_ends_well(streamed, LONG)
+    assert streamed.outcome.reply is not None, streamed.outcome
+    assert streamed.outcome.reply.reply == SLOW_TEXT
+    assert list(streamed.outcome.reply.degraded) == []
+    assert len(rig.retrying_llm.requests) == 1  # one request, waited for
+
+
 def test_with_default_retries_a_late_first_token_is_the_planners_answer(rig: Rig) -> None:
     until_closed(rig.retrying, rig.retrying_llm)
     rig.retrying_llm.default = slow_first_token(NEVER)
@@ -310,7 +317,6 @@ def test_with_default_retries_a_late_first_token_is_the_planners_answer(rig: Rig
         assert "llm" in streamed.outcome.reply.degraded
 
 
-@pytest.mark.xfail(strict=True, reason=RETRY_BUG)
 def test_with_default_retries_cut_short_first_tokens_do_not_open_the_breaker(rig: Rig) -> None:
     until_closed(rig.retrying, rig.retrying_llm)
     rig.retrying_llm.default = slow_first_token(NEVER)
