@@ -11,13 +11,16 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
+import redis.asyncio
+import redis.asyncio.cluster
 
 from chatagent.v1 import chat_pb2, chat_pb2_grpc
+from services.common import redisconn
 from tests.support.doubles import emotion_double
 from tests.support.fake_open_meteo import fake_open_meteo
 from tests.support.fake_openai import Reply, fake_openai
 from tests.support.process import ServiceProcess
-from tests.support.redis_cluster import RedisTarget
+from tests.support.redis_cluster import RedisCluster, RedisTarget
 
 SERVICE = "chatagent.v1.ChatService"
 TOKEN = "cluster-token"
@@ -115,3 +118,51 @@ def test_orchestrator_and_tools_run_on_a_redis_cluster(
     assert erased.erased_records > 0
     after = stub.GetUsage(chat_pb2.GetUsageRequest(user_id="mike"), metadata=AUTH, timeout=5)
     assert after.user_today.turns == 0
+
+
+# redis-py's cluster client closes a node's connections under commands still using them while
+# the node dies or comes back; the command then fails with an AttributeError from redis-py's
+# connection module. Seen in tests/faults/test_cluster_faults.py as turns ending UNKNOWN.
+
+
+async def _closed_connection_error() -> AttributeError:
+    """The very error: a redis-py connection used after another task closed it."""
+    connection = redis.asyncio.Connection()
+    connection._writer = None  # what disconnect() leaves behind
+    try:
+        await connection._send_packed_command([b"PING\r\n"])
+    except AttributeError as error:
+        return error
+    raise AssertionError("redis-py no longer fails this way: revisit redisconn._Cluster")
+
+
+async def test_a_connection_closed_under_a_command_is_a_connection_error(
+    redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = redisconn.connect(redis_cluster.url, 2.0, cluster=True)
+    try:
+        await client.set("{closed}:probe", "1")
+        error = await _closed_connection_error()
+
+        async def closed_meanwhile(self: Any, *args: Any, **kwargs: Any) -> Any:
+            raise error
+
+        monkeypatch.setattr(redis.asyncio.RedisCluster, "execute_command", closed_meanwhile)
+        monkeypatch.setattr(redis.asyncio.cluster.ClusterPipeline, "execute", closed_meanwhile)
+        with pytest.raises(redis.ConnectionError):  # a RedisError: the stores say UNAVAILABLE
+            await client.get("{closed}:probe")
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.get("{closed}:probe")
+            with pytest.raises(redis.ConnectionError):
+                await pipe.execute()
+
+        # An AttributeError of anything else is a bug of ours and stays one.
+        async def our_bug(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return None.missing  # type: ignore[attr-defined]
+
+        monkeypatch.setattr(redis.asyncio.RedisCluster, "execute_command", our_bug)
+        with pytest.raises(AttributeError):
+            await client.get("{closed}:probe")
+    finally:
+        monkeypatch.undo()
+        await client.aclose()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import redis.asyncio as redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
@@ -26,14 +26,50 @@ MAX_CONNECTIONS = 256
 Client: TypeAlias = redis.Redis | RedisCluster
 
 
+def _closed_under_it(error: AttributeError) -> bool:
+    """Whether `error` is redis-py using a connection another task closed meanwhile: raised
+    inside its connection module, on the reader or writer it has just set to None."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code.co_filename.endswith(
+        (
+            "redis/asyncio/connection.py",
+            "redis/_parsers/base.py",
+            "redis/_parsers/resp2.py",
+            "redis/_parsers/resp3.py",
+            "redis/_parsers/hiredis.py",
+        )
+    )
+
+
+def _as_connection_error(error: AttributeError) -> redis.ConnectionError:
+    return redis.ConnectionError("a Redis connection was closed while a command was using it")
+
+
+class _Pipeline(ClusterPipeline):
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute(*args, **kwargs)
+        except AttributeError as exc:
+            if _closed_under_it(exc):
+                raise _as_connection_error(exc) from exc
+            raise
+
+
 class _Cluster(RedisCluster):
-    """redis-py's cluster client, made safe for concurrent first use.
+    """redis-py's cluster client, made safe for concurrent first use and for node failures.
 
     redis-py (8.1) picks a command's target before it learns the slot map: commands issued
     while the map is still unknown (the first ones, and those after a node failure made the
     client start over) go to a random master, collect MOVED, and after a few of those the
     client rebuilds its map and closes the connections other commands are using. Learning the
     map first (one lock, one CLUSTER SLOTS for everyone) keeps every command on its slot's node.
+
+    While a node dies or comes back, the client also closes a node's connections under commands
+    still writing or reading on them, and those fail with an AttributeError (a writer that is
+    now None). That is a connection error: it is raised as one, so the stores answer it as
+    "the store is unavailable" instead of an unknown failure.
     """
 
     __slots__ = ()
@@ -41,7 +77,17 @@ class _Cluster(RedisCluster):
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if self._initialize:
             await self.initialize()
-        return await super().execute_command(*args, **kwargs)
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except AttributeError as exc:
+            if _closed_under_it(exc):
+                raise _as_connection_error(exc) from exc
+            raise
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refused by redis-py, as it says
+        return _Pipeline(self, transaction)  # type: ignore[abstract]
 
 
 def _retry() -> Retry:
