@@ -61,12 +61,13 @@ class Double:
         delay = self.delays.get(method, 0.0)
         if delay:
             end = time.monotonic() + delay
-            while time.monotonic() < end and not self.release.is_set():
+            while (left := end - time.monotonic()) > 0 and not self.release.is_set():
                 if not context.is_active():
                     with self._lock:
                         self.cancelled.append(method)
                     return
-                self.release.wait(0.01)
+                # Checks for a cancel every 10 ms, and ends on time, not up to 10 ms late.
+                self.release.wait(min(0.01, left))
         failure = self.failures.get(method)
         if failure is not None:
             context.abort(failure, f"{method} failed on purpose")
