@@ -264,6 +264,29 @@ async def test_redis_commit_is_all_or_nothing_when_a_write_would_fail(
     assert await store.cached_answer("alice", "r1") is None
 
 
+async def test_a_commit_sent_again_after_its_reply_was_lost_stores_the_turn_once(
+    redis_harness: Harness,
+) -> None:
+    """redis-py sends a command again when the connection dropped before its reply came (the
+    client's Retry; seen with a cluster node failing under load): the commit had run."""
+    store = redis_harness.make()
+    assert isinstance(store, RedisSessionStore)
+    script = store._commit
+
+    async def sent_twice(*, keys: list[str], args: list[Any]) -> Any:
+        await script(keys=keys, args=args)  # ran; its reply lost with the connection
+        return await script(keys=keys, args=args)  # the client's retry, word for word
+
+    store._commit = sent_twice  # type: ignore[assignment]
+    await commit(store, "alice", turn("hi", request_id="r1"), answer=b"A")
+    await commit(store, "alice", turn("again"))
+    async with store.lock("alice", wait_seconds=WAIT, ttl_seconds=TTL) as lease:
+        for text in ("one", "two"):  # two commits under one lease are two turns
+            await store.commit_turn(lease, turn(text), answer=b"", preferences=Preferences())
+    assert await texts(store, "alice") == ["hi", "again", "one", "two"]
+    assert await store.cached_answer("alice", "r1") == b"A"
+
+
 async def test_answers_expire_after_their_own_ttl(harness: Harness) -> None:
     store = harness.make(ttl_seconds=60, answer_ttl_seconds=0.3)
     await commit(store, "alice", turn("hi", request_id="r1"), answer=b"A")

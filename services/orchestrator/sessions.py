@@ -366,13 +366,16 @@ class MemorySessionStore:
 # --- Redis store -------------------------------------------------------------------------------
 
 # KEYS: fence, history, answer index, prefs[, answer]. ARGV: token, turn, max_turns, max_bytes,
-# ttl_ms, answer_ttl_ms, timezone, place, answer, max_answers. Returns 1, or 0 when the token is
-# no longer the newest (nothing written). Types are checked before the first write because a
-# failing script is not rolled back. Answer keys evicted from the index are deleted here; they
-# share the user's hash tag, so they are in the script's slot.
+# ttl_ms, answer_ttl_ms, timezone, place, answer, max_answers, commit id. Returns 1, or 0 when
+# the token is no longer the newest (nothing written). Types are checked before the first
+# write because a failing script is not rolled back. Answer keys evicted from the index are
+# deleted here; they share the user's hash tag, so they are in the script's slot. Each commit
+# has an id of its own: the client sends a command again when its connection dropped before
+# the reply (redis-py's retry), and a commit that had run then must not append the turn twice.
 _COMMIT_LUA = """
 local fence, history, index, prefs, answer = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 if tonumber(redis.call('HGET', fence, 'token') or '0') ~= tonumber(ARGV[1]) then return 0 end
+if redis.call('HGET', fence, 'committed') == ARGV[11] then return 1 end
 local max_turns = tonumber(ARGV[3])
 local max_bytes = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
@@ -427,6 +430,7 @@ if answer then
   redis.call('ZADD', index, score, answer)
   redis.call('PEXPIRE', index, answer_ttl)
 end
+redis.call('HSET', fence, 'committed', ARGV[11])
 return 1
 """
 
@@ -580,6 +584,7 @@ class RedisSessionStore:
                 preferences.place,
                 answer,
                 MAX_ANSWERS_PER_USER,
+                secrets.token_hex(8),
             ],
         )
         if not int(committed):
