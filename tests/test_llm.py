@@ -836,6 +836,35 @@ async def test_a_stream_is_retried_only_before_its_first_chunk(
     assert len(upstream.requests) == 2
 
 
+async def test_a_stream_that_breaks_off_before_any_text_is_asked_again(
+    upstream: FakeOpenAI, llm: OpenAIChat
+) -> None:
+    upstream.enqueue(
+        Reply(content="消えたにゃん", stream_break_after_chunks=0), Reply(content="二回目だにゃん")
+    )
+    heard = Heard()
+    reply = await llm.stream(request(), timeout_seconds=5, on_text=heard)
+    assert reply.content == "二回目だにゃん"
+    assert "".join(heard.pieces) == "二回目だにゃん"  # nothing of the broken one was said
+    assert len(upstream.requests) == 2
+
+
+async def test_a_stream_that_breaks_off_after_its_first_words_is_unavailable(
+    upstream: FakeOpenAI, llm: OpenAIChat
+) -> None:
+    # Said words cannot be taken back, so no second request: the turn goes on from the error.
+    upstream.enqueue(
+        Reply(content="途中までだにゃん", stream_piece_chars=2, stream_break_after_chunks=3),
+        Reply(content="二回目だにゃん"),
+    )
+    heard = Heard()
+    with pytest.raises(LlmUnavailable, match="broke off after its first words"):
+        await llm.stream(request(), timeout_seconds=5, on_text=heard)
+    assert heard.pieces
+    assert "途中までだにゃん".startswith("".join(heard.pieces))
+    assert len(upstream.requests) == 1
+
+
 async def test_a_stream_that_stalls_times_out_within_its_budget(
     upstream: FakeOpenAI, llm: OpenAIChat
 ) -> None:

@@ -51,6 +51,9 @@ class Reply:
     # Streaming only: the status and headers go out at once, the first chunk this much later
     # (a provider slow to its first token; `delay_seconds` holds back the headers too).
     stream_first_chunk_delay_seconds: float = 0.0
+    # Streaming only: the connection is dropped after this many chunks, mid-body (a provider or
+    # proxy that died halfway); None: the whole stream.
+    stream_break_after_chunks: int | None = None
 
     @staticmethod
     def error(status: int, *, headers: dict[str, str] | None = None, message: str = "") -> Reply:
@@ -310,7 +313,10 @@ def fake_openai() -> Iterator[FakeOpenAI]:
                 if state.release.wait(reply.stream_first_chunk_delay_seconds):
                     self.close_connection = True
                     return
-            for chunk in stream_chunks(reply, state._next_id(), include_usage):
+            for index, chunk in enumerate(stream_chunks(reply, state._next_id(), include_usage)):
+                if index == reply.stream_break_after_chunks:
+                    self.close_connection = True  # no last chunk: the body is cut short
+                    return
                 self._write_chunk(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
                 if reply.stream_piece_delay_seconds and state.release.wait(
                     reply.stream_piece_delay_seconds
