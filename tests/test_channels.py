@@ -87,7 +87,9 @@ class EndlessSpeech(speech_pb2_grpc.SpeechServiceServicer):
                 yield speech_pb2.SynthesizeResponse(sequence=self.sent, text=request.text)
                 self.sent += 1
                 await asyncio.sleep(0.01)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # Cancelled while it sleeps, or closed by grpc while it waits at `yield` for the
+            # write (which of the two depends on timing): either way its caller is gone.
             self.abandoned.cancelled.set()
             raise
 

@@ -455,6 +455,7 @@ end
 redis.call('DEL', history, index, prefs)
 redis.call('HINCRBY', fence, 'token', 1)
 redis.call('HINCRBY', fence, 'erasures', 1)
+redis.call('HDEL', fence, 'committed')  -- the last commit's id: the new token fences it anyway
 redis.call('PEXPIRE', fence, ARGV[2])
 return erased
 """

@@ -27,7 +27,10 @@ def _own_range() -> range:
     return range(start, start + span)
 
 
-_RANGE = _own_range()
+# Every fourth port: a service's neighbours (WORKERS serve their metrics on METRICS_PORT + i)
+# are never handed out to another.
+_STRIDE = 4
+_RANGE = _own_range()[::_STRIDE]
 _NEXT = itertools.count(random.randrange(len(_RANGE)))
 
 
@@ -40,4 +43,4 @@ def free_port() -> int:
             except OSError:
                 continue  # in use (another run, or a process of ours still holding it)
             return port
-    raise RuntimeError(f"no free port in {_RANGE.start}-{_RANGE.stop - 1}")
+    raise RuntimeError(f"no free port in {_RANGE.start}-{_RANGE.stop - 1} (every {_STRIDE}th)")
