@@ -11,13 +11,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 import grpc.aio
 import pybreaker
 import pytest
 from prometheus_client import REGISTRY
-from redis.asyncio.client import PubSub
 
 from services.common import redisconn
 from services.common.breakers import Breaker, BreakerBoard, CircuitOpen, grpc_codes
@@ -262,11 +262,8 @@ async def close_by_trial(guarded: Breaker) -> None:
 async def test_an_open_circuit_opens_and_closes_on_every_replica(
     any_redis: RedisTarget, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    listener = any_redis.connect(1.0)
-    await redisconn.ready(listener)
-    published = listener.pubsub()
-    await published.subscribe(f"{prefix}:transitions")
     async with (
+        board_messages(any_redis, prefix) as messages,
         replica(any_redis, prefix, llm=0.5) as first,
         replica(any_redis, prefix, llm=60) as second,
     ):
@@ -279,8 +276,6 @@ async def test_an_open_circuit_opens_and_closes_on_every_replica(
         # No call goes through `second`: only the shared transition can close it.
         await wait_until(lambda: second["llm"].state == CLOSED, within=1.0, message="shared close")
 
-    messages = await drain(published)
-    await listener.aclose()
     # The first failure's count, then each transition once: nobody echoed them.
     assert [m.get("state", m.get("failures")) for m in messages] == [1, OPEN, CLOSED]
     assert transitions(caplog, "llm") == [
@@ -292,14 +287,23 @@ async def test_an_open_circuit_opens_and_closes_on_every_replica(
     ]
 
 
-async def drain(published: PubSub) -> list[dict[str, object]]:
-    """What was published on the board's channel, in order; closes the subscription."""
-    messages = []
-    while (message := await published.get_message(timeout=0.2)) is not None:
-        if message["type"] == "message":
-            messages.append(json.loads(message["data"]))
-    await published.aclose()
-    return messages
+@asynccontextmanager
+async def board_messages(target: RedisTarget, prefix: str) -> AsyncIterator[list[dict[str, Any]]]:
+    """What the boards publish on their channel while the block runs, in order (the list is
+    filled when the block ends)."""
+    listener = target.connect(1.0)
+    await redisconn.ready(listener)
+    published = listener.pubsub()
+    await published.subscribe(f"{prefix}:transitions")
+    messages: list[dict[str, Any]] = []
+    try:
+        yield messages
+        while (message := await published.get_message(timeout=0.2)) is not None:
+            if message["type"] == "message":
+                messages.append(json.loads(message["data"]))
+    finally:
+        await published.aclose()
+        await listener.aclose()
 
 
 async def test_failures_spread_over_replicas_open_the_circuit_once_at_fail_max(
@@ -324,11 +328,8 @@ async def test_failures_spread_over_replicas_open_the_circuit_once_at_fail_max(
 async def test_a_success_anywhere_ends_the_run_and_steady_success_publishes_nothing(
     any_redis: RedisTarget, prefix: str
 ) -> None:
-    listener = any_redis.connect(1.0)
-    await redisconn.ready(listener)
-    published = listener.pubsub()
-    await published.subscribe(f"{prefix}:transitions")
     async with (
+        board_messages(any_redis, prefix) as messages,
         replica(any_redis, prefix, llm=60) as first,
         replica(any_redis, prefix, llm=60) as second,
     ):
@@ -344,8 +345,6 @@ async def test_a_success_anywhere_ends_the_run_and_steady_success_publishes_noth
         # Not in a row: one failure on each side of a success elsewhere never opens.
         await fail(first["llm"], rpc_error(grpc.StatusCode.UNAVAILABLE))
         assert first["llm"].state == CLOSED
-    messages = await drain(published)
-    await listener.aclose()
     assert [(m["reset"], m["failures"]) for m in messages] == [(False, 1), (True, 0), (False, 1)]
 
 

@@ -80,14 +80,20 @@ class _SinglePipeline(redis.client.Pipeline):
         return await _keeping_cancels(super().execute(raise_on_error))
 
 
+async def _on_cluster(command: Awaitable[T]) -> T:
+    """A cluster command or pipeline: its swallowed cancel raised, and a connection closed
+    under it raised as the connection error it is (see `_Cluster`)."""
+    try:
+        return await _keeping_cancels(command)
+    except AttributeError as exc:
+        if _closed_under_it(exc):
+            raise _as_connection_error(exc) from exc
+        raise
+
+
 class _Pipeline(ClusterPipeline):
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await _keeping_cancels(super().execute(*args, **kwargs))
-        except AttributeError as exc:
-            if _closed_under_it(exc):
-                raise _as_connection_error(exc) from exc
-            raise
+        return await _on_cluster(super().execute(*args, **kwargs))
 
 
 class _Cluster(RedisCluster):
@@ -110,12 +116,7 @@ class _Cluster(RedisCluster):
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if self._initialize:
             await self.initialize()
-        try:
-            return await _keeping_cancels(super().execute_command(*args, **kwargs))
-        except AttributeError as exc:
-            if _closed_under_it(exc):
-                raise _as_connection_error(exc) from exc
-            raise
+        return await _on_cluster(super().execute_command(*args, **kwargs))
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
         if shard_hint:
