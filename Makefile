@@ -34,10 +34,12 @@ $(GEN_STAMP): $(PROTOS) $(VENV)/.installed
 run: setup
 	$(PY) -m scripts.run_suite
 
-# Two workers (pytest-xdist), a test file each at a time: most tests wait on processes, sockets
-# and Redis, so two at once nearly halve the time on two cores; a file's fixtures stay together.
+# One process: the tests that bound a stall or a CPU cost (health checks during long analyses,
+# the planner on hostile text) keep their margins only when nothing else runs beside them.
+# `$(PY) -m pytest -n 2 --dist loadfile` (pytest-xdist) takes about 5.5 min instead of 10, and
+# those few can then miss their bounds.
 test: setup
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest
 
 $(BUF): package.json
 	npm install --no-audit --no-fund --silent
