@@ -44,10 +44,6 @@ def _closed_under_it(error: AttributeError) -> bool:
     )
 
 
-def _as_connection_error(error: AttributeError) -> redis.ConnectionError:
-    return redis.ConnectionError("a Redis connection was closed while a command was using it")
-
-
 async def _keeping_cancels(command: Awaitable[T]) -> T:
     """`command`, and then the cancellation redis-py may have swallowed while it ran.
 
@@ -87,7 +83,9 @@ async def _on_cluster(command: Awaitable[T]) -> T:
         return await _keeping_cancels(command)
     except AttributeError as exc:
         if _closed_under_it(exc):
-            raise _as_connection_error(exc) from exc
+            raise redis.ConnectionError(
+                "a Redis connection was closed while a command was using it"
+            ) from exc
         raise
 
 
